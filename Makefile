@@ -1,0 +1,44 @@
+# zsadlab - two commands do all the set-up on a fresh clone (Python 3.11 + pip):
+#   make notebooks   execute every notebook (profile auto) into build/notebooks/, figures into figures/
+#   make test        the whole test suite, notebook regression (nbval) included
+PYTHON   ?= $(shell command -v python3.11 || command -v python3)
+VENV     := .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+PROFILE  ?= auto
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+
+.PHONY: all install test test-fast notebooks baselines bench clean
+
+all: test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Re-install when the dependency list changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[notebooks,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+notebooks: $(STAMP)
+	$(PY) -m zsadlab.run_notebooks --profile $(PROFILE) --out build/notebooks --figures figures $(NOTEBOOKS)
+
+baselines: $(STAMP)
+	$(PY) -m zsadlab.run_notebooks --profile smoke --baselines tests/notebooks/baselines $(NOTEBOOKS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_metrics.py
+	$(PY) benchmarks/bench_anomalyclip.py
+	$(PY) benchmarks/bench_inctrl.py
+
+clean:
+	rm -rf build figures/*/ .pytest_cache

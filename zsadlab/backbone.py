@@ -1,0 +1,352 @@
+"""CLIP backbones: loading real and tiny models, and tokens from any block.
+
+Everything the methods need from CLIP goes through this module, so AnomalyCLIP
+and InCTRL never touch open_clip internals themselves:
+
+* :func:`load_clip` - a real open_clip model by name and pretrained tag, or from
+  a local file; offline it fails in seconds with a message saying what to do.
+* :func:`clip_from_openai_state_dict` - an fp32 open_clip CLIP from an OpenAI-format
+  state dict (how the official AnomalyCLIP and InCTRL code build theirs).
+* :func:`tiny_clip` - the smoke-profile models: random, deterministic from a seed,
+  with the architectures of the golden fixtures.
+* :func:`block_tokens` - residual-stream tokens after any set of blocks (1-based,
+  as the papers count) at any square input size, with the positional table
+  resized as the official code does, without mutating the model.
+
+Shapes: ``B`` batch, ``g`` patch grid side, ``N = 1 + g*g`` tokens (CLS first,
+then patches row-major), ``W`` tower width, ``D`` joint embedding dim.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP, build_model_from_openai_state_dict
+
+from .utils import pick_device
+
+WEIGHTS_ENV = "ZSADLAB_CLIP_WEIGHTS"
+OFFLINE_PROBE_SECONDS = 2.0
+
+# ---------------------------------------------------------------------------
+# Tiny smoke-profile models (architectures of the golden fixtures)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TinyCLIPConfig:
+    """Constructor arguments of an open_clip ``CLIP`` for a smoke-profile model."""
+
+    embed_dim: int
+    vision: Mapping[str, int]
+    text: Mapping[str, int]
+    quick_gelu: bool
+    tokenizer: str = field(default="ViT-B-16")  # every CLIP BPE tokenizer is the same
+
+
+TINY_CLIPS: dict[str, TinyCLIPConfig] = {
+    # fixtures/anomalyclip/FIXTURES.md §2: ViT 128 wide, 8 blocks, patch 14, 112 px;
+    # text 64 wide, 12 blocks, 1 head; QuickGELU as OpenAI's CLIP.
+    "anomalyclip": TinyCLIPConfig(
+        embed_dim=64,
+        vision=dict(image_size=112, layers=8, width=128, head_width=64, patch_size=14),
+        text=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=12),
+        quick_gelu=True,
+    ),
+    # fixtures/inctrl/FIXTURES.md §1: ViT 128 wide, 12 blocks, patch 16, 240 px
+    # (225 patches); text 64 wide, 12 blocks; exact GELU; joint dim 640 as the heads expect.
+    "inctrl": TinyCLIPConfig(
+        embed_dim=640,
+        vision=dict(image_size=240, layers=12, width=128, head_width=64, patch_size=16),
+        text=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=12),
+        quick_gelu=False,
+    ),
+}
+
+
+def tiny_clip(kind: str, seed: int = 0) -> CLIP:
+    """A small random CLIP for the smoke profile, identical for identical ``seed``.
+
+    ``kind`` is a key of :data:`TINY_CLIPS` (``"anomalyclip"`` or ``"inctrl"``).
+    The global RNG is left untouched (the draw happens in a forked RNG state).
+    """
+    if kind not in TINY_CLIPS:
+        raise ValueError(f"unknown tiny CLIP {kind!r}; choose one of {sorted(TINY_CLIPS)}")
+    cfg = TINY_CLIPS[kind]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIP(
+            embed_dim=cfg.embed_dim,
+            vision_cfg=dict(cfg.vision),
+            text_cfg=dict(cfg.text),
+            quick_gelu=cfg.quick_gelu,
+        )
+    return model.float().eval()
+
+
+def clip_from_openai_state_dict(state_dict: Mapping[str, "torch.Tensor | np.ndarray"]) -> CLIP:
+    """An fp32 open_clip CLIP built from an OpenAI-format state dict.
+
+    open_clip's builder infers the architecture from the shapes, converts to fp16
+    and loads; we return it in fp32 (the official AnomalyCLIP code also runs fp32).
+    NumPy arrays are accepted (the fixtures are ``.npz`` files).
+    """
+    sd = {k: torch.as_tensor(np.asarray(v)) if not torch.is_tensor(v) else v for k, v in state_dict.items()}
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    return build_model_from_openai_state_dict(sd, cast_dtype=None).float().eval()
+
+
+# ---------------------------------------------------------------------------
+# Real weights
+# ---------------------------------------------------------------------------
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are neither on disk nor downloadable from here."""
+
+
+def _hf_cached_file(hf_hub: str, cache_dir: str | None) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - open_clip depends on it
+        return None
+    repo_id, filename = os.path.split(hf_hub.rstrip("/")) if not hf_hub.endswith("/") else (hf_hub.rstrip("/"), "")
+    candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    for name in candidates:
+        found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
+        if isinstance(found, str) and os.path.isfile(found):
+            return Path(found)
+    return None
+
+
+def cached_weights(name: str, pretrained: str, cache_dir: str | None = None) -> Path | None:
+    """Path of the weight file for ``(name, pretrained)`` if it is already on disk, else ``None``."""
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ValueError(f"open_clip has no pretrained tag {pretrained!r} for {name!r}; known tags: {tags}")
+    if cfg.get("hf_hub"):
+        found = _hf_cached_file(cfg["hf_hub"], cache_dir)
+        if found:
+            return found
+    if cfg.get("url"):
+        url_cache = Path(cache_dir or os.path.expanduser("~/.cache/clip"))
+        candidate = url_cache / os.path.basename(cfg["url"])
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def hub_reachable(timeout: float = OFFLINE_PROBE_SECONDS) -> bool:
+    """One short TCP probe of the weight host; ``False`` when offline or ``HF_HUB_OFFLINE`` is set."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def weights_available(name: str, pretrained: str) -> bool:
+    """True when :func:`load_clip` would find the weights without a download."""
+    if _local_weights_file(pretrained):
+        return True
+    try:
+        return cached_weights(name, pretrained) is not None
+    except ValueError:
+        return False
+
+
+def _local_weights_file(pretrained: str | None) -> Path | None:
+    for candidate in (pretrained, os.environ.get(WEIGHTS_ENV)):
+        if candidate and Path(candidate).expanduser().is_file():
+            return Path(candidate).expanduser()
+    return None
+
+
+def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from an OpenAI TorchScript archive, a safetensors file or a torch file."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            is_torchscript = any(n.endswith("constants.pkl") for n in archive.namelist())
+        if is_torchscript:  # OpenAI's released .pt files are TorchScript archives
+            return torch.jit.load(str(path), map_location="cpu").state_dict()
+    from .utils import load_torch_file
+
+    obj = load_torch_file(path, what="CLIP weights")
+    obj = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    if not isinstance(obj, dict):
+        raise ValueError(f"CLIP weights {path} hold a {type(obj).__name__}, not a state dict.")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _offline_message(name: str, pretrained: str) -> str:
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface")
+    return (
+        f"CLIP weights for {name!r} / {pretrained!r} are not on this machine and the model hub cannot be "
+        f"reached (checked in {OFFLINE_PROBE_SECONDS:.0f} s; cache directory: {cache}). Either run once with "
+        f"network access so open_clip caches them, or download the weight file yourself and pass its path: "
+        f"load_clip({name!r}, '/path/to/weights.pt') or set {WEIGHTS_ENV}=/path/to/weights.pt. "
+        f"For CPU smoke runs without weights use profile='smoke'."
+    )
+
+
+def load_clip(name: str, pretrained: str, device: str | torch.device | None = None) -> CLIP:
+    """A real CLIP in fp32 and eval mode, from open_clip's cache, a local file, or the hub.
+
+    ``pretrained`` is an open_clip tag (``"openai"``) or a path to a weight file
+    (OpenAI TorchScript ``.pt``, open_clip ``.bin``/``.pt``, or ``.safetensors``);
+    the environment variable ``ZSADLAB_CLIP_WEIGHTS`` may name that file instead.
+    Offline with nothing on disk it raises :class:`WeightsUnavailableError` within
+    a few seconds rather than retrying the hub for a minute.
+    """
+    device = pick_device(str(device) if device is not None else None)
+    local = _local_weights_file(pretrained)
+    cfg = {} if local and Path(pretrained or "").is_file() else (open_clip.get_pretrained_cfg(name, pretrained) or {})
+    quick_gelu = bool(cfg.get("quick_gelu", pretrained == "openai"))
+    if local is None:
+        local = cached_weights(name, pretrained)
+    if local is None:
+        if not hub_reachable():
+            raise WeightsUnavailableError(_offline_message(name, pretrained))
+        model = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu)
+    else:
+        state_dict = _state_dict_from_file(local)
+        if "visual.transformer.resblocks.0.attn.in_proj_weight" in state_dict and "input_resolution" in state_dict:
+            model = clip_from_openai_state_dict(state_dict)
+        else:
+            model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+            missing, unexpected = model.load_state_dict(state_dict, strict=False)
+            if [k for k in missing if k != "logit_scale"] or unexpected:
+                raise ValueError(
+                    f"weights in {local} do not fit open_clip model {name!r}: "
+                    f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+                    f"(e.g. {unexpected[:3]}). Pass the model name the file was trained with."
+                )
+    return model.float().eval().to(device)
+
+
+# ---------------------------------------------------------------------------
+# Tokens from any block
+# ---------------------------------------------------------------------------
+
+
+def grid_size(visual: torch.nn.Module, image_size: int) -> int:
+    """Patch-grid side ``g`` for a square input of ``image_size`` pixels."""
+    patch = visual.patch_size[0] if isinstance(visual.patch_size, tuple) else visual.patch_size
+    if image_size % patch:
+        raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch}")
+    return image_size // patch
+
+
+def resized_positional_embedding(visual: torch.nn.Module, grid: int) -> torch.Tensor:
+    """The positional table for a ``grid`` x ``grid`` patch grid, as the official code resizes it.
+
+    Patch rows are laid out row-major on the native grid, resized with bilinear,
+    ``align_corners=False``, no antialias, flattened row-major, CLS row prepended
+    unchanged (fixtures/anomalyclip §5.1). Unlike the official code, the model's
+    parameter is never overwritten, so every call starts from the native table.
+    """
+    table = visual.positional_embedding  # [1 + n*n, W]
+    native = int(round((table.shape[0] - 1) ** 0.5))
+    if native == grid:
+        return table
+    cls, patches = table[:1], table[1:]
+    width = table.shape[1]
+    patches = patches.reshape(1, native, native, width).permute(0, 3, 1, 2)  # [1, W, n, n]
+    patches = F.interpolate(patches, size=(grid, grid), mode="bilinear", align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(grid * grid, width)  # [g*g, W]
+    return torch.cat([cls, patches], dim=0)  # [1 + g*g, W]
+
+
+def embed_image(visual: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Patchify, prepend CLS, add the (resized) positional table and apply ``ln_pre``.
+
+    ``x``: ``[B, 3, S, S]`` normalised images. Returns ``[B, 1+g*g, W]``.
+    """
+    grid = grid_size(visual, x.shape[-1])
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"square images expected, got {tuple(x.shape[-2:])}")
+    tokens = visual.conv1(x)  # [B, W, g, g]
+    tokens = tokens.flatten(2).transpose(1, 2)  # [B, g*g, W], row-major patches
+    cls = visual.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)  # [B, 1, W]
+    tokens = torch.cat([cls, tokens], dim=1)  # [B, 1+g*g, W]
+    tokens = tokens + resized_positional_embedding(visual, grid).to(tokens.dtype)
+    return visual.ln_pre(tokens)
+
+
+def _check_blocks(blocks: Sequence[int], depth: int) -> tuple[int, ...]:
+    blocks = tuple(int(b) for b in blocks)
+    bad = [b for b in blocks if not 1 <= b <= depth]
+    if bad:
+        raise ValueError(f"blocks are counted 1..{depth} (1-based, as in the papers); got {bad}")
+    return blocks
+
+
+def run_blocks(resblocks: Sequence[torch.nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Apply residual blocks in order to batch-first tokens ``[B, N, W]``."""
+    for block in resblocks:
+        x = block(x)
+    return x
+
+
+def block_tokens(
+    visual: torch.nn.Module, x: torch.Tensor, blocks: Sequence[int]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Raw residual-stream tokens after each block in ``blocks`` (1-based), and the final stream.
+
+    Returns ``(tokens, final)`` with ``tokens[i]``: ``[B, 1+g*g, W]`` after block
+    ``blocks[i]`` (no ``ln_post``, no ``proj``) and ``final``: ``[B, 1+g*g, W]``
+    after the last block. Works at any square size that is a multiple of the patch.
+    """
+    resblocks = visual.transformer.resblocks
+    wanted = _check_blocks(blocks, len(resblocks))
+    stream = embed_image(visual, x)  # [B, N, W]
+    taken: dict[int, torch.Tensor] = {}
+    for index, block in enumerate(resblocks, start=1):
+        stream = block(stream)
+        if index in wanted:
+            taken[index] = stream
+    return [taken[b] for b in wanted], stream
+
+
+def project_tokens(visual: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``ln_post`` then ``proj`` on every token: ``[..., W]`` -> ``[..., D]``."""
+    return visual.ln_post(tokens) @ visual.proj
+
+
+def pooled_image_embedding(visual: torch.nn.Module, final: torch.Tensor) -> torch.Tensor:
+    """CLIP's image embedding from the final stream: ``ln_post(CLS) @ proj`` -> ``[B, D]``.
+
+    Identical to open_clip's ``encode_image`` for ViTs with CLS pooling.
+    """
+    return project_tokens(visual, final[:, 0])
+
+
+def preprocess_config(model: CLIP) -> dict:
+    """Mean/std of the model's normalisation (OpenAI CLIP constants for every model used here)."""
+    cfg = getattr(model.visual, "preprocess_cfg", None) or {}
+    return {
+        "mean": tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        "std": tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
+    }
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Turn off gradients of every parameter of ``model`` (the CLIP backbone is never trained)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
