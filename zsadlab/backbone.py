@@ -288,7 +288,7 @@ def embed_image(visual: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return visual.ln_pre(tokens)
 
 
-def _check_blocks(blocks: Sequence[int], depth: int) -> tuple[int, ...]:
+def check_blocks(blocks: Sequence[int], depth: int) -> tuple[int, ...]:
     blocks = tuple(int(b) for b in blocks)
     bad = [b for b in blocks if not 1 <= b <= depth]
     if bad:
@@ -313,7 +313,7 @@ def block_tokens(
     after the last block. Works at any square size that is a multiple of the patch.
     """
     resblocks = visual.transformer.resblocks
-    wanted = _check_blocks(blocks, len(resblocks))
+    wanted = check_blocks(blocks, len(resblocks))
     stream = embed_image(visual, x)  # [B, N, W]
     taken: dict[int, torch.Tensor] = {}
     for index, block in enumerate(resblocks, start=1):
@@ -350,3 +350,47 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+# ---------------------------------------------------------------------------
+# Text tower
+# ---------------------------------------------------------------------------
+
+BlockHook = "Callable[[int, torch.Tensor], torch.Tensor]"
+
+
+def tokenize(texts: Sequence[str] | str) -> torch.Tensor:
+    """CLIP BPE token ids ``[P, 77]`` (SOT, text, EOT, zero padding), as the official tokenizers."""
+    return open_clip.tokenize(list(texts) if not isinstance(texts, str) else [texts])
+
+
+def encode_text_embeddings(
+    clip: CLIP, embeddings: torch.Tensor, eot_index: torch.Tensor, before_block=None
+) -> torch.Tensor:
+    """Run the text tower on token embeddings and pool at the EOT position.
+
+    ``embeddings``: ``[P, L, W]`` token embeddings *without* positional embedding;
+    ``eot_index``: ``[P]`` EOT positions (the argmax of the token ids). Returns
+    ``[P, D]`` = ``text_projection(ln_final(x[eot]))``, as open_clip's ``encode_text``.
+
+    Speed-up: with CLIP's causal mask the EOT feature depends only on positions
+    ``<= EOT``, so the sequence is cut after the last EOT of the batch (the 242
+    InCTRL prompts need ~12 of 77 positions). ``before_block(i, x)`` (1-based
+    block index) may rewrite the tokens before block ``i`` - deep text prompts.
+    """
+    length = int(eot_index.max()) + 1
+    x = embeddings[:, :length] + clip.positional_embedding[:length].to(embeddings.dtype)  # [P, L, W]
+    mask = clip.attn_mask[:length, :length].to(x.dtype) if clip.attn_mask is not None else None
+    for index, block in enumerate(clip.transformer.resblocks, start=1):
+        if before_block is not None:
+            x = before_block(index, x)
+        x = block(x, attn_mask=mask)
+    x = clip.ln_final(x)  # [P, L, W]
+    pooled = x[torch.arange(x.shape[0], device=x.device), eot_index]  # [P, W]
+    return pooled @ clip.text_projection  # [P, D]
+
+
+def encode_text(clip: CLIP, tokens: torch.Tensor) -> torch.Tensor:
+    """``[P, 77]`` token ids -> ``[P, D]`` unnormalised text features (open_clip ``encode_text``, truncated)."""
+    tokens = tokens.to(clip.token_embedding.weight.device)
+    return encode_text_embeddings(clip, clip.token_embedding(tokens), tokens.argmax(dim=-1))

@@ -1,0 +1,214 @@
+"""AnomalyCLIP (Zhou et al., ICLR 2024): object-agnostic prompts + DPAM + global/local losses.
+
+This module only composes the pieces, each in its own module:
+
+* :mod:`zsadlab.dpam` - the dual-path image encoder (local V-V attention);
+* :mod:`zsadlab.prompts` - learnable object-agnostic prompts with deep text tokens;
+* :mod:`zsadlab.maps` - similarity, per-layer maps, sum, Gaussian, image scores;
+* :mod:`zsadlab.losses` - focal + dice (local) and cross-entropy (global).
+
+The baselines of the paper's tables are presets of the same model (:data:`PRESETS`):
+CLIP (prompt ensemble, standard image embedding, final layer), CLIP-AC (ensemble text,
+AnomalyCLIP-style multi-layer maps), CoOp (object-aware learnable prompts, no DPAM, no
+deep tokens).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from . import losses as L
+from .backbone import freeze, project_tokens
+from .dpam import check_mode, dpam_tokens
+from .maps import (
+    TEMPERATURE,
+    anomaly_map,
+    gaussian_smooth,
+    image_scores,
+    layer_anomaly_map,
+    patch_probabilities,
+    similarity_logits,
+    similarity_maps,
+)
+from .prompts import PromptLearner, ensemble_text_features
+from .utils import load_torch_file, save_torch_atomic
+
+TEXT_SOURCES = ("learned", "ensemble")
+
+
+@dataclass(frozen=True)
+class AnomalyCLIPConfig:
+    """AnomalyCLIP hyper-parameters; defaults are the paper's ViT-L-14-336 setup (SPEC §2).
+
+    ``features``: 1-based blocks whose tokens make the maps. ``dpam_blocks``: how many final
+    blocks DPAM refines (official ``DPAM_layer - 1``). ``depth``/``t_n_ctx``: deep text tokens
+    (``depth=1`` disables them). ``object_agnostic=False`` puts the class name in the learnable
+    prompts (ablation T2). ``loss``: ``"both"``, ``"global"`` or ``"local"``.
+    ``text_source="ensemble"`` uses the hand-written prompt ensemble instead of learned prompts;
+    ``global_ln_post=True`` uses CLIP's standard image embedding (with ``ln_post``).
+    """
+
+    features: tuple[int, ...] = (6, 12, 18, 24)
+    dpam_blocks: int = 19
+    dpam_mode: str | None = "vv"
+    n_ctx: int = 12
+    depth: int = 9
+    t_n_ctx: int = 4
+    image_size: int = 518
+    temperature: float = TEMPERATURE
+    sigma: float = 4.0
+    lam: float = 4.0
+    object_agnostic: bool = True
+    loss: str = "both"
+    text_source: str = "learned"
+    global_ln_post: bool = False
+    deep_prompt_fp16: bool = False
+
+    def __post_init__(self):
+        check_mode(self.dpam_mode)
+        L.check_setting(self.loss)
+        if self.text_source not in TEXT_SOURCES:
+            raise ValueError(f"text_source must be one of {TEXT_SOURCES}, got {self.text_source!r}")
+
+    def replace(self, **changes) -> "AnomalyCLIPConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# Named presets: the method and its baselines (applied on top of a profile's sizes/blocks).
+PRESETS: dict[str, dict] = {
+    "anomalyclip": {},
+    "coop": dict(dpam_mode=None, depth=1, object_agnostic=False),
+    "clip_ac": dict(dpam_mode=None, text_source="ensemble"),
+    "clip": dict(dpam_mode=None, text_source="ensemble", global_ln_post=True),
+}
+
+
+def preset_config(name: str, base: AnomalyCLIPConfig) -> AnomalyCLIPConfig:
+    """``base`` with the changes of preset ``name``; the CLIP baseline uses only the final block."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    config = base.replace(**PRESETS[name])
+    return config.replace(features=(base.features[-1],)) if name == "clip" else config
+
+
+class AnomalyCLIP(nn.Module):
+    """AnomalyCLIP on a frozen open_clip CLIP; only ``prompt_learner`` is trained."""
+
+    def __init__(self, clip, config: AnomalyCLIPConfig = AnomalyCLIPConfig()):
+        super().__init__()
+        self.config = config
+        self.clip = freeze(clip).eval()
+        self.prompt_learner = PromptLearner(
+            clip, n_ctx=config.n_ctx, depth=config.depth, t_n_ctx=config.t_n_ctx,
+            object_agnostic=config.object_agnostic, deep_prompt_fp16=config.deep_prompt_fp16,
+        )
+        self._ensemble_cache: dict[str, torch.Tensor] = {}
+
+    def train(self, mode: bool = True) -> "AnomalyCLIP":
+        super().train(mode)
+        self.clip.eval()  # the backbone never leaves eval mode
+        return self
+
+    # --- image side -----------------------------------------------------------------
+    @torch.no_grad()
+    def encode_image(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(g [B, D], patches)``: global embedding and ``[B, 1+g*g, D]`` tokens per feature layer.
+
+        ``g`` is the original path's final CLS times ``proj`` **without** ``ln_post``
+        (official quirk, fixtures §5.1) unless ``global_ln_post``; tokens get ``ln_post``
+        and ``proj``. Runs without gradients, as the official encoder.
+        """
+        visual = self.clip.visual
+        cfg = self.config
+        final, tokens = dpam_tokens(visual, x, cfg.features, cfg.dpam_blocks, cfg.dpam_mode)
+        cls = final[:, 0]  # [B, W]
+        g = project_tokens(visual, cls) if cfg.global_ln_post else cls @ visual.proj  # [B, D]
+        return g, [project_tokens(visual, t) for t in tokens]
+
+    # --- text side ------------------------------------------------------------------
+    def text_features(self, class_names: str | Sequence[str] | None = None) -> torch.Tensor:
+        """``[2, D]`` L2-normalised [normal, anomalous] features, or ``[B, 2, D]`` for a list of
+        class names when the prompts depend on the class (object-aware / ensemble)."""
+        if isinstance(class_names, str) or class_names is None or self._class_independent:
+            name = class_names if isinstance(class_names, str) else (class_names[0] if class_names else None)
+            return self._text_for(name)
+        unique = {name: self._text_for(name) for name in dict.fromkeys(class_names)}
+        return torch.stack([unique[name] for name in class_names])  # [B, 2, D]
+
+    @property
+    def _class_independent(self) -> bool:
+        return self.config.text_source == "learned" and self.config.object_agnostic
+
+    def _text_for(self, class_name: str | None) -> torch.Tensor:
+        if self.config.text_source == "ensemble":
+            name = class_name or "object"
+            if name not in self._ensemble_cache:
+                self._ensemble_cache[name] = ensemble_text_features(self.clip, name)
+            return self._ensemble_cache[name].to(self.clip.visual.proj.device)
+        return self.prompt_learner.text_features(self.clip, None if self._class_independent else class_name)
+
+    # --- maps and scores ------------------------------------------------------------
+    def layer_similarity_maps(self, patches: list[torch.Tensor], text: torch.Tensor) -> list[torch.Tensor]:
+        """Per feature layer, ``[B, 2, S, S]`` upsampled [normal, anomalous] probabilities."""
+        size, temperature = self.config.image_size, self.config.temperature
+        return [similarity_maps(patch_probabilities(p, text, temperature), size) for p in patches]
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, class_names: str | Sequence[str] | None = None,
+                smooth: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores [B], maps [B, S, S])``: image anomaly probability and the (smoothed) anomaly map.
+
+        Unlike the official ``test.py`` (which returns image 0's score for every image of a
+        batch), every image gets its own score at any batch size.
+        """
+        g, patches = self.encode_image(x)
+        text = self.text_features(class_names)
+        maps = anomaly_map([layer_anomaly_map(m) for m in self.layer_similarity_maps(patches, text)])
+        scores = image_scores(g, text, self.config.temperature)
+        return scores, gaussian_smooth(maps, self.config.sigma) if smooth else maps
+
+    def losses(self, x: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+               class_names: str | Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """The training losses of one batch (fixtures §5.4).
+
+        Returns ``focal``, ``dice_anomalous``, ``dice_normal`` (each ``[L]``, per feature layer),
+        ``pixel`` (= lam * their sum), ``image`` (CE) and ``total`` - the differentiable sum of
+        the terms enabled by ``config.loss``.
+        """
+        g, patches = self.encode_image(x)
+        text = self.text_features(class_names)
+        terms = L.local_loss_terms(self.layer_similarity_maps(patches, text), masks)
+        terms["pixel"] = self.config.lam * sum(t.sum() for t in terms.values())
+        terms["image"] = L.image_loss(similarity_logits(g, text, self.config.temperature), labels)
+        use_global, use_local = L.LOSS_SETTINGS[self.config.loss]
+        terms["total"] = use_global * terms["image"] + use_local * terms["pixel"]
+        return terms
+
+
+# --- official checkpoints -----------------------------------------------------------
+
+
+def load_official_checkpoint(model: AnomalyCLIP, path: str | Path) -> AnomalyCLIP:
+    """Load an official ``{"prompt_learner": state_dict}`` file (e.g. ``epoch_15.pth``) safely."""
+    checkpoint = load_torch_file(path, what="AnomalyCLIP checkpoint")
+    if not isinstance(checkpoint, dict) or "prompt_learner" not in checkpoint:
+        raise ValueError(f"{path} is not an AnomalyCLIP checkpoint: expected a dict with key 'prompt_learner'.")
+    try:
+        model.prompt_learner.load_state_dict(checkpoint["prompt_learner"])
+    except RuntimeError as err:
+        raise ValueError(
+            f"the prompt learner in {path} does not fit this model ({err.args[0].splitlines()[0]}). "
+            "Check n_ctx / depth / t_n_ctx and the backbone width against the checkpoint."
+        ) from None
+    return model
+
+
+def save_official_checkpoint(model: AnomalyCLIP, path: str | Path) -> Path:
+    """Write ``{"prompt_learner": state_dict}`` atomically, the official format."""
+    state = {k: v.detach().cpu() for k, v in model.prompt_learner.state_dict().items()}
+    return save_torch_atomic({"prompt_learner": state}, path)
