@@ -193,6 +193,23 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def _load_matching(model: CLIP, state_dict: dict, name: str, source: Path) -> None:
+    """Load ``state_dict`` into ``model``; a clear error when it belongs to another architecture."""
+    problem = ""
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        missing = [k for k in missing if k != "logit_scale"]
+        if missing or unexpected:
+            problem = f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+    except RuntimeError as err:
+        problem = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+    if problem:
+        raise ValueError(
+            f"weights in {source} do not fit open_clip model {name!r}: {problem}. "
+            "Pass the model name the file was trained with."
+        )
+
+
 def _offline_message(name: str, pretrained: str) -> str:
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface")
     return (
@@ -229,13 +246,7 @@ def load_clip(name: str, pretrained: str, device: str | torch.device | None = No
             model = clip_from_openai_state_dict(state_dict)
         else:
             model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
-            missing, unexpected = model.load_state_dict(state_dict, strict=False)
-            if [k for k in missing if k != "logit_scale"] or unexpected:
-                raise ValueError(
-                    f"weights in {local} do not fit open_clip model {name!r}: "
-                    f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-                    f"(e.g. {unexpected[:3]}). Pass the model name the file was trained with."
-                )
+            _load_matching(model, state_dict, name, local)
     return model.float().eval().to(device)
 
 
