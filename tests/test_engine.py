@@ -1,0 +1,85 @@
+"""Engine: smoke training and evaluation end to end, checkpoints, resume, result tables."""
+import math
+import time
+
+import pytest
+import torch
+
+from zsadlab.anomalyclip import AnomalyCLIP
+from zsadlab.data import ensure_dataset
+from zsadlab.engine import ResultTable, build_model, dataset_for, evaluate, predict_dataset, train
+from zsadlab.profiles import get_profile
+from zsadlab.utils import seed_everything
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return get_profile("smoke", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("data")
+    return {name: ensure_dataset(name, base, seed=0) for name in ("synthetic_industrial", "synthetic_ultrasound")}
+
+
+@pytest.mark.slow
+def test_smoke_train_one_epoch_then_zero_shot_on_ultrasound_in_under_two_minutes(smoke, roots, tmp_path):
+    started = time.monotonic()
+    seed_everything(0)
+    model = build_model("anomalyclip", smoke, device="cpu")
+    history = train(model, dataset_for(model, roots["synthetic_industrial"], require_masks=True), epochs=1,
+                    batch_size=smoke.batch_size, out_dir=tmp_path / "run", progress=False)
+    table = evaluate(model, dataset_for(model, roots["synthetic_ultrasound"]), progress=False)
+    assert time.monotonic() - started < 120
+    assert len(history["total"]) >= 1 and all(math.isfinite(v) for v in history["total"])
+    assert (tmp_path / "run" / "epoch_1.pth").exists()
+    assert set(torch.load(tmp_path / "run" / "epoch_1.pth", weights_only=True)) == {"prompt_learner"}
+    mean = table.mean
+    assert 0 <= mean["pixel_auroc"] <= 1 and 0 <= mean["aupro_mvtec"] <= 1
+
+
+def test_training_changes_only_the_prompts_and_resume_continues_after_the_last_epoch(smoke, roots, tmp_path):
+    model = build_model("anomalyclip", smoke, device="cpu")
+    clip_before = {k: v.clone() for k, v in model.clip.state_dict().items()}
+    ctx_before = model.prompt_learner.ctx_pos.detach().clone()
+    data = dataset_for(model, roots["synthetic_industrial"], require_masks=True)
+    first = train(model, data, epochs=1, batch_size=4, out_dir=tmp_path, max_steps_per_epoch=2, progress=False)
+    assert all(torch.equal(clip_before[k], v) for k, v in model.clip.state_dict().items())
+    assert not torch.equal(model.prompt_learner.ctx_pos, ctx_before)
+    resumed = build_model("anomalyclip", smoke, device="cpu")
+    history = train(resumed, data, epochs=2, batch_size=4, out_dir=tmp_path, max_steps_per_epoch=2, progress=False)
+    assert history["total"][:2] == first["total"] and len(history["total"]) == 4
+    assert len(history["epoch_total"]) == 2 and (tmp_path / "epoch_2.pth").exists()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_same_seed_same_training(smoke, roots):
+    runs = []
+    for _ in range(2):
+        model = build_model("anomalyclip", smoke, device="cpu", seed=1)
+        data = dataset_for(model, roots["synthetic_industrial"], require_masks=True)
+        runs.append(train(model, data, epochs=1, batch_size=4, max_steps_per_epoch=2, seed=5, progress=False)["total"])
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("method", ["clip", "clip_ac", "coop", "anomalyclip"])
+def test_every_baseline_predicts_one_score_and_map_per_image(smoke, roots, method):
+    model = build_model(method, smoke, device="cpu")
+    data = dataset_for(model, roots["synthetic_ultrasound"])
+    pred = predict_dataset(model, data, batch_size=3, progress=False)
+    size = model.config.image_size
+    assert pred["scores"].shape == (len(data),) and pred["maps"].shape == (len(data), size, size)
+    assert len(pred["paths"]) == len(data)
+
+
+def test_result_table_prints_saves_and_ignores_undefined_cells(tmp_path):
+    table = ResultTable(rows=[{"class": "a", "image_auroc": 0.5, "image_ap": 0.6, "pixel_auroc": math.nan,
+                               "pixel_ap": 0.1, "aupro_mvtec": 0.2, "aupro_anomalyclip": 0.3},
+                              {"class": "b", "image_auroc": 1.0, "image_ap": 0.8, "pixel_auroc": 0.9,
+                               "pixel_ap": 0.3, "aupro_mvtec": 0.4, "aupro_anomalyclip": 0.5}])
+    assert table.mean["image_auroc"] == pytest.approx(0.75) and table.mean["pixel_auroc"] == pytest.approx(0.9)
+    text = str(table)
+    assert "mean" in text and "75.0" in text and "-" in text
+    assert table.to_csv(tmp_path / "t.csv").read_text().splitlines()[0].startswith("class,image_auroc")
+    assert '"mean"' in table.to_json(tmp_path / "t.json").read_text()
