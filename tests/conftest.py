@@ -1,0 +1,59 @@
+"""Shared fixtures: the offline real-data folder and small image/mask writers."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``<repo>/../shared/data`` (or ``$ZSADLAB_SHARED_DATA``); the test is skipped when it is absent."""
+    root = Path(os.environ.get("ZSADLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if not root.is_dir():
+        pytest.skip(f"real sample data not found at {root} (set ZSADLAB_SHARED_DATA)")
+    return root
+
+
+@pytest.fixture
+def write_image() -> Callable[..., Path]:
+    """``write_image(path, size=(W, H), value=..., mode="RGB")``: a flat or random image file, parents created."""
+    rng = np.random.default_rng(0)
+
+    def write(path: Path, size: tuple[int, int] = (16, 12), value: int | None = None, mode: str = "RGB") -> Path:
+        shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+        array = rng.integers(0, 256, shape, dtype=np.uint8) if value is None else np.full(shape, value, np.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array, mode).save(path)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def write_mask() -> Callable[..., Path]:
+    """``write_mask(path, size=(W, H), box=(y0, y1, x0, x1), high=255)``: a mask with one filled box."""
+
+    def write(path: Path, size: tuple[int, int] = (16, 12), box=(2, 6, 3, 9), high: int = 255) -> Path:
+        array = np.zeros((size[1], size[0]), np.uint8)
+        if box is not None:
+            array[box[0] : box[1], box[2] : box[3]] = high
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path)
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def synthetic_industrial_root(tmp_path_factory) -> Path:
+    """A ``synthetic_industrial`` root generated once per test session (seed 0)."""
+    from zsadlab.data import prepare
+
+    return prepare("synthetic_industrial", out=tmp_path_factory.mktemp("synth") / "synthetic_industrial")

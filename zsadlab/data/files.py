@@ -1,0 +1,56 @@
+"""Atomic creation of whole directories.
+
+A dataset folder is built in a hidden temporary directory beside its target and
+renamed into place only when complete, so an interrupted download, extraction
+or conversion never leaves a half-written folder that looks like a dataset.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import DatasetError
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory that becomes ``target`` on success.
+
+    On an exception the temporary directory is deleted and ``target`` is left as
+    it was. With ``overwrite=True`` an existing ``target`` is replaced (moved
+    aside, then deleted after the rename).
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise DatasetError(f"{target} already exists: delete it, choose another folder or pass --force.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); a dataset folder should not be
+    try:
+        yield tmp
+        _replace_dir(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _umask() -> int:
+    """The process's current umask (reading it requires setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Rename ``new`` onto ``target``, removing an old ``target`` only after the rename."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, old / target.name)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old)

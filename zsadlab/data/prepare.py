@@ -1,0 +1,97 @@
+"""Turning a dataset name into a prepared root: ``prepare``, ``ensure_dataset``, ``fetch_raw``.
+
+Every prepared root is built atomically (see :mod:`zsadlab.data.files`) and
+gets an AnomalyCLIP ``meta.json`` describing it, so the official code can read
+it too.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..utils import write_json_atomic
+from .download import download, extract
+from .errors import DatasetError
+from .files import atomic_dir
+from .layout import META_FILE, layout_classes, meta_of
+from .registry import DatasetEntry, entry, how_to_get
+from .writer import LayoutWriter
+
+
+def prepare(name: str, raw: str | Path | None = None, out: str | Path | None = None, seed: int = 0,
+            overwrite: bool = False) -> Path:
+    """Build the common-layout root ``out`` (default ``data/<name>``) for dataset ``name``; return it.
+
+    Real datasets are converted from the raw folder ``raw``; synthetic ones are
+    generated from ``seed`` (``raw`` is ignored). Nothing appears at ``out`` unless
+    the whole conversion succeeded.
+    """
+    item = entry(name)
+    out = Path(out) if out is not None else Path("data") / name
+    if not item.synthetic:
+        raw = _checked_raw(item, raw)
+    with atomic_dir(out, overwrite) as tmp:
+        writer = LayoutWriter(tmp, masks=item.masks)
+        try:
+            if item.synthetic:
+                item.generate(writer, seed)
+            else:
+                item.convert(raw, writer)
+        except DatasetError as err:
+            raise DatasetError(f"{err}\n{item.title}: expected raw layout: {item.raw_layout}") from None
+        if writer.count == 0:
+            raise DatasetError(f"no images found in {raw}. {item.title}: expected raw layout: {item.raw_layout}")
+        write_json_atomic(meta_of(tmp), tmp / META_FILE)
+    return out
+
+
+def _checked_raw(item: DatasetEntry, raw: str | Path | None) -> Path:
+    """``raw`` as a Path if it is an existing folder; else a :class:`DatasetError` saying how to get it."""
+    if raw is None or not Path(raw).is_dir():
+        raise DatasetError(f"raw folder {raw} of {item.title} does not exist. {how_to_get(item)}")
+    return Path(raw)
+
+
+def is_prepared(root: str | Path) -> bool:
+    """True when ``root`` holds a ``meta.json`` or common-layout class folders."""
+    root = Path(root)
+    return (root / META_FILE).is_file() or bool(layout_classes(root))
+
+
+def ensure_dataset(name: str, data_root: str | Path = "data", seed: int = 0) -> Path:
+    """The prepared root ``<data_root>/<name>``: generated on demand for synthetic sets.
+
+    A missing real dataset raises :class:`DatasetError` with the commands that
+    prepare it. An existing root is returned as is (whatever seed made it).
+    """
+    root = Path(data_root) / name
+    if is_prepared(root):
+        return root
+    item = entry(name)
+    if item.synthetic:
+        return prepare(name, out=root, seed=seed, overwrite=root.exists())
+    raise DatasetError(
+        f"dataset {name} is not prepared in {root}. {how_to_get(item)} Then run: "
+        f"zsadlab data prepare {name} --raw RAW_DIR --out {root}"
+    )
+
+
+def single_child(folder: Path) -> Path:
+    """``folder``'s only subfolder when it holds nothing else (a wrapper folder inside an archive), else ``folder``."""
+    children = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return children[0] if len(children) == 1 and children[0].is_dir() else folder
+
+
+def fetch_raw(name: str, downloads: str | Path = "data/raw", progress: bool = True) -> Path:
+    """Download and extract the raw archive of ``name`` under ``downloads``; return the raw folder.
+
+    Raises :class:`DatasetError` with manual steps when no direct URL exists.
+    """
+    item = entry(name)
+    if item.url is None:
+        raise DatasetError(how_to_get(item))
+    downloads = Path(downloads)
+    archive = download(item.url, downloads / item.archive, item.sha256, progress=progress)
+    target = downloads / name
+    if not target.exists():
+        extract(archive, target)
+    return single_child(target)

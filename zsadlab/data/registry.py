@@ -1,0 +1,234 @@
+"""The dataset registry: one frozen entry per dataset, with its converter.
+
+``REGISTRY`` maps a short name (``zsadlab data prepare NAME``) to a
+:class:`DatasetEntry`. Adding a dataset = writing its converter in
+``converters.py`` (or reusing one through ``functools.partial``) and adding one
+entry here. ``names()`` lists the registered datasets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+from . import converters as cv
+from . import synthetic
+from .errors import DatasetError
+from .writer import LayoutWriter
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """What the project knows about one dataset.
+
+    Exactly one of ``convert`` (raw folder -> common layout) and ``generate``
+    (seed -> common layout, synthetic sets) is set. ``url``/``sha256``/``archive``
+    are set only where a direct, checksummed download exists; otherwise
+    ``manual_steps`` says how to obtain the raw folder.
+    """
+
+    name: str
+    title: str
+    domain: str  # "industrial" | "medical"
+    masks: bool  # pixel-level ground truth available
+    source: str
+    license: str
+    raw_layout: str
+    convert: Callable[[Path, LayoutWriter], None] | None = None
+    generate: Callable[[LayoutWriter, int], None] | None = None
+    url: str | None = None
+    sha256: str | None = None
+    archive: str | None = None
+    manual_steps: str = ""
+
+    @property
+    def synthetic(self) -> bool:
+        """True for the generated smoke sets (no raw download)."""
+        return self.generate is not None
+
+
+MVTEC_LIKE = "<class>/train/good/*, <class>/test/<defect>/*, <class>/ground_truth/<defect>/<name>_mask.png"
+POLYP_LAYOUT = "images/<name>.png|jpg and masks/<name>.png|jpg (every image shows a polyp)"
+POLYP_SOURCE = "figshare Polyp_DataSet (the PraNet test sets), linked from the AnomalyCLIP README"
+POLYP_STEPS = "Download the PraNet TestDataset from figshare and point --raw at TestDataset/{folder}."
+KAGGLE_STEPS = "Download https://www.kaggle.com/datasets/{slug} (Kaggle account needed) and unzip it; point --raw at {folder}."
+
+ENTRIES = [
+    DatasetEntry(
+        "mvtec", "MVTec AD", "industrial", True, "https://www.mvtec.com/company/research/datasets/mvtec-ad",
+        "CC BY-NC-SA 4.0", MVTEC_LIKE + " (15 classes)", convert=cv.mvtec_like,
+        url="https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/420938113-1629952094/"
+        "mvtec_anomaly_detection.tar.xz",
+        sha256="cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d",
+        archive="mvtec_anomaly_detection.tar.xz",
+    ),
+    DatasetEntry(
+        "visa", "VisA", "industrial", True, "https://github.com/amazon-science/spot-diff", "CC BY 4.0",
+        "<cls>/Data/Images/{Normal,Anomaly}/*.JPG, <cls>/Data/Masks/Anomaly/*.png, split_csv/1cls.csv",
+        convert=cv.visa, url="https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar",
+        sha256="2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362", archive="VisA_20220922.tar",
+    ),
+    DatasetEntry(
+        "mpdd", "MPDD", "industrial", True, "https://github.com/stepanje/MPDD", "CC BY-NC-SA 4.0",
+        MVTEC_LIKE + " (6 classes)", convert=cv.mvtec_like,
+        manual_steps="Follow the OneDrive link in the README of github.com/stepanje/MPDD, unzip, point --raw at MPDD/.",
+    ),
+    DatasetEntry(
+        "btad", "BTAD", "industrial", True, "https://avires.dimi.uniud.it/papers/btad/btad.zip", "CC BY-NC-SA 4.0",
+        "01..03/train/ok/*, 01..03/test/{ok,ko}/*, 01..03/ground_truth/ko/<name>.png", convert=cv.btad,
+        url="https://avires.dimi.uniud.it/papers/btad/btad.zip",
+        sha256="461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a", archive="btad.zip",
+    ),
+    DatasetEntry(
+        "sdd", "KolektorSDD (SDD)", "industrial", True, "https://www.vicos.si/resources/kolektorsdd/",
+        "CC BY-NC-SA 4.0", "kosNN/PartK.jpg with kosNN/PartK_label.bmp (empty label = normal)",
+        convert=cv.kolektor_sdd,
+        manual_steps="Download KolektorSDD.zip from www.vicos.si/resources/kolektorsdd, unzip, point --raw at it.",
+    ),
+    DatasetEntry(
+        "dagm", "DAGM 2007", "industrial", True,
+        "https://hci.iwr.uni-heidelberg.de/content/weakly-supervised-learning-industrial-optical-inspection",
+        "research use only (see source)", "Class<N>/{Train,Test}/*.PNG with {Train,Test}/Label/<name>_label.PNG",
+        convert=cv.dagm,
+        manual_steps=KAGGLE_STEPS.format(
+            slug="mhskjelvareid/dagm-2007-competition-dataset-optical-inspection", folder="the folder of Class1..Class10"
+        ),
+    ),
+    DatasetEntry(
+        "dtd_synthetic", "DTD-Synthetic", "industrial", True,
+        "AnomalyCLIP README (github.com/zqhang/AnomalyCLIP) -> Google Drive", "not stated (DTD: research use)",
+        MVTEC_LIKE + " (12 texture classes)", convert=cv.mvtec_like,
+        manual_steps="Download DTD-Synthetic from the Google Drive link in the AnomalyCLIP README; point --raw at it.",
+    ),
+    DatasetEntry(
+        "isic", "ISIC 2016 (skin lesions)", "medical", True,
+        "AnomalyCLIP / AdaCLIP README -> Google Drive (from challenge.isic-archive.com)", "not stated",
+        "isic/test/{good,<defect>}/* + isic/ground_truth/<defect>/* (MVTec-like; the raw folder may be the class "
+        "folder itself)", convert=cv.mvtec_like,
+        manual_steps="Download the preprocessed ISIC folder from the AnomalyCLIP/AdaCLIP Google Drive; point --raw at it.",
+    ),
+    *[
+        DatasetEntry(
+            name, title, "medical", True, POLYP_SOURCE, "not stated", POLYP_LAYOUT,
+            convert=partial(cv.all_anomalous, images="images", masks="masks", class_name="colon", defect="polyp"),
+            manual_steps=POLYP_STEPS.format(folder=folder),
+        )
+        for name, title, folder in [
+            ("clinicdb", "CVC-ClinicDB", "CVC-ClinicDB"),
+            ("colondb", "CVC-ColonDB", "CVC-ColonDB"),
+            ("kvasir", "Kvasir-SEG", "Kvasir"),
+            ("endo", "Endo (EndoTect)", "Endo"),
+        ]
+    ],
+    DatasetEntry(
+        "tn3k", "TN3K (thyroid ultrasound)", "medical", True,
+        "https://github.com/haifangong/TRFE-Net-for-thyroid-nodule-segmentation (Baidu / Google Drive)",
+        "not stated",
+        "trainval-image/, trainval-mask/, test-image/, test-mask/ (only test-* is used; every image is "
+        "anomalous, as the official tn3k.py reads it)",
+        convert=partial(cv.all_anomalous, images="test-image", masks="test-mask", class_name="thyroid",
+                        defect="nodule"),
+        manual_steps="Follow the Baidu / Google Drive link in the TRFE-Net README, unzip, point --raw at tn3k/.",
+    ),
+    DatasetEntry(
+        "headct", "HeadCT", "medical", False, "https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
+        "not stated", "head_ct/000.png ... 199.png and labels.csv (columns id, hemorrhage)", convert=cv.headct,
+        manual_steps=KAGGLE_STEPS.format(slug="felipekitamura/head-ct-hemorrhage", folder="the folder holding labels.csv"),
+    ),
+    DatasetEntry(
+        "brainmri", "BrainMRI", "medical", False,
+        "https://www.kaggle.com/datasets/navoneel/brain-mri-images-for-brain-tumor-detection", "not stated",
+        "yes/* (tumour), no/* (normal)",
+        convert=partial(cv.normal_and_anomalous_folders, normal="no", anomalous="yes", class_name="brain",
+                        defect="tumor"),
+        manual_steps=KAGGLE_STEPS.format(
+            slug="navoneel/brain-mri-images-for-brain-tumor-detection", folder="the folder holding yes/ and no/"
+        ),
+    ),
+    DatasetEntry(
+        "br35h", "Br35H", "medical", False, "https://www.kaggle.com/datasets/ahmedhamada0/brain-tumor-detection",
+        "not stated", "yes/* (tumour), no/* (normal)",
+        convert=partial(cv.normal_and_anomalous_folders, normal="no", anomalous="yes", class_name="brain",
+                        defect="tumor"),
+        manual_steps=KAGGLE_STEPS.format(
+            slug="ahmedhamada0/brain-tumor-detection", folder="the folder holding yes/ and no/"
+        ),
+    ),
+    DatasetEntry(
+        "covid19", "COVID-19 Radiography", "medical", False,
+        "https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database", "not stated",
+        "Normal/[images/]*.png (normal), COVID/[images/]*.png (anomalous); other class folders are ignored",
+        convert=partial(cv.normal_and_anomalous_folders, normal="Normal", anomalous="COVID", class_name="chest",
+                        defect="covid"),
+        manual_steps=KAGGLE_STEPS.format(
+            slug="tawsifurrahman/covid19-radiography-database", folder="the folder holding COVID/ and Normal/"
+        ),
+    ),
+    DatasetEntry(
+        "elpv", "ELPV (solar cells)", "industrial", False, "PyPI elpv-dataset (github.com/zae-bayern/elpv-dataset)",
+        "CC BY-NC-SA 4.0", "images/cellNNNN.png and labels.csv (lines: images/<file> <defect probability> <mono|poly>)",
+        convert=cv.elpv,
+        manual_steps="pip install elpv-dataset, then point --raw at the package's data folder: "
+        "python -c \"import elpv_dataset, pathlib; print(pathlib.Path(elpv_dataset.__file__).parent / 'data')\"",
+    ),
+    DatasetEntry(
+        "magnetic_tile", "Magnetic Tile Defects", "industrial", True,
+        "https://github.com/abin24/Magnetic-tile-defect-datasets.", "none stated; cite Huang et al. 2018",
+        "MT_<Type>/Imgs/<id>.jpg with mask <id>.png; MT_Free is normal", convert=cv.magnetic_tile,
+        manual_steps="git clone https://github.com/abin24/Magnetic-tile-defect-datasets. and point --raw at the clone.",
+    ),
+    DatasetEntry(
+        "mpdd_metal_plate", "MPDD metal_plate (re-split)", "industrial", True,
+        "https://github.com/BupeshKumarR/defect-segmentation-for-mpdd", "CC BY-NC-SA 4.0 (MPDD)",
+        "metal_plate/{train,val,test}/{images,masks}/<split>_NNNNN.png (empty mask = normal)",
+        convert=cv.mpdd_metal_plate,
+        manual_steps="git clone https://github.com/BupeshKumarR/defect-segmentation-for-mpdd and point --raw at the "
+        "folder holding metal_plate/.",
+    ),
+    DatasetEntry(
+        "synthetic_industrial", "Synthetic industrial (smoke)", "industrial", True,
+        "generated by zsadlab from scikit-image's bundled photographs", "MIT (photos: public domain / CC0)",
+        "none (generated from a seed)", generate=synthetic.synthetic_industrial,
+    ),
+    DatasetEntry(
+        "synthetic_ultrasound", "Synthetic thyroid ultrasound (smoke)", "medical", True, "generated by zsadlab",
+        "MIT", "none (generated from a seed)", generate=synthetic.synthetic_ultrasound,
+    ),
+]
+
+REGISTRY: dict[str, DatasetEntry] = {entry.name: entry for entry in ENTRIES}
+
+
+def names() -> list[str]:
+    """Names of all registered datasets, in registry order."""
+    return list(REGISTRY)
+
+
+def entry(name: str) -> DatasetEntry:
+    """The registry entry of ``name``; :class:`DatasetError` listing the known names otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(names())}.") from None
+
+
+def how_to_get(item: DatasetEntry) -> str:
+    """One paragraph telling a user how to obtain the raw folder of ``item``."""
+    if item.synthetic:
+        return f"{item.title} is generated: `zsadlab data synth {item.name} --out data/{item.name}`."
+    if item.url:
+        return f"`zsadlab data download {item.name}` fetches and checks {item.archive} from {item.url}."
+    return f"{item.title} has no direct download URL. {item.manual_steps}"
+
+
+def table() -> str:
+    """The registry as a plain-text table (what ``zsadlab data list`` prints)."""
+    header = ("name", "domain", "masks", "download", "license", "source")
+    rows = [header] + [
+        (e.name, e.domain, "yes" if e.masks else "no",
+         "synthetic" if e.synthetic else ("direct" if e.url else "manual"), e.license, e.source)
+        for e in REGISTRY.values()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)
