@@ -142,8 +142,8 @@ def train(model: AnomalyCLIP, dataset: AnomalyDataset, epochs: int = 15, batch_s
             scaler.step(optimizer)
             scaler.update()
             for key in ("total", "image", "pixel"):
-                history[key].append(float(losses[key]))
-            epoch_losses.append(float(losses["total"]))
+                history[key].append(float(losses[key].detach()))
+            epoch_losses.append(history["total"][-1])
             bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
         history["epoch_total"].append(float(np.mean(epoch_losses)))
         if out_dir:
