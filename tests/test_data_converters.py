@@ -128,6 +128,7 @@ RAW_LAYOUTS = {
     "kvasir": (polyp_raw, ["colon"], 0, 1, 1),
     "endo": (polyp_raw, ["colon"], 0, 1, 1),
     "tn3k": (tn3k_raw, ["thyroid"], 0, 1, 1),
+    "tn3k_trainval": (tn3k_raw, ["thyroid"], 0, 1, 1),  # the other half of the same raw folder
     "headct": (headct_raw, ["head"], 0, 2, 1),
     "brainmri": (yes_no_raw, ["brain"], 0, 2, 1),
     "br35h": (yes_no_raw, ["brain"], 0, 2, 1),

@@ -11,7 +11,7 @@ SEED_DATASETS = {
     "mvtec", "visa", "mpdd", "btad", "sdd", "dagm", "dtd_synthetic",  # industrial
     "isic", "clinicdb", "colondb", "kvasir", "endo", "tn3k", "headct", "brainmri", "br35h", "covid19",  # medical
 }
-EXTRA = {"elpv", "magnetic_tile", "mpdd_metal_plate", "synthetic_industrial", "synthetic_ultrasound"}
+EXTRA = {"tn3k_trainval", "elpv", "magnetic_tile", "mpdd_metal_plate", "synthetic_industrial", "synthetic_ultrasound"}
 
 
 def test_names_lists_the_17_seed_datasets_and_the_extras():

@@ -132,6 +132,16 @@ ENTRIES = [
         manual_steps="Follow the Baidu / Google Drive link in the TRFE-Net README, unzip, point --raw at tn3k/.",
     ),
     DatasetEntry(
+        "tn3k_trainval", "TN3K trainval (for fine-tuning on thyroid ultrasound)", "medical", True,
+        "https://github.com/haifangong/TRFE-Net-for-thyroid-nodule-segmentation (Baidu / Google Drive)",
+        "not stated",
+        "the same raw folder as tn3k; only trainval-image/ and trainval-mask/ are used (every image anomalous, "
+        "with its nodule mask): the training set of the TN3K fine-tuning experiment",
+        convert=partial(cv.all_anomalous, images="trainval-image", masks="trainval-mask", class_name="thyroid",
+                        defect="nodule"),
+        manual_steps="As for tn3k: prepare both from the same raw tn3k/ folder.",
+    ),
+    DatasetEntry(
         "headct", "HeadCT", "medical", False, "https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
         "not stated", "head_ct/000.png ... 199.png and labels.csv (columns id, hemorrhage)", convert=cv.headct,
         manual_steps=KAGGLE_STEPS.format(slug="felipekitamura/head-ct-hemorrhage", folder="the folder holding labels.csv"),
