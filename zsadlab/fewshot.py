@@ -1,0 +1,121 @@
+"""Few-shot sample prompts: which normal images a query is compared with.
+
+Two protocols, as in the official InCTRL code (fixtures/inctrl §3.10), made reproducible,
+and the official training batches (:func:`balanced_batches`):
+
+* **Training** - every query gets its own ``k`` prompts drawn from the normal
+  images of its class (:func:`sample_prompt_indices`). Unlike the official code
+  (unseeded ``random.sample``) the draw is seeded and never picks the query itself.
+* **Evaluation** - one fixed set of ``k`` normal images per (dataset, class, k,
+  seed), shared by every test query of that class. The authors distribute theirs
+  as tensors without the sampling code; here the set is drawn once, saved as a
+  JSON list of image paths (:func:`load_or_sample_prompt_set`) and reused, so
+  every run and every reader sees the same prompts.
+
+The helpers take plain sequences (paths, labels, class names), so they work
+with ``AnomalyDataset.samples`` or any list.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .utils import write_json_atomic
+
+
+def normal_indices_by_class(labels: Sequence[int], class_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{class name: indices of its normal (label 0) samples}``."""
+    pools: dict[str, list[int]] = defaultdict(list)
+    for index, (label, name) in enumerate(zip(labels, class_names, strict=True)):
+        if int(label) == 0:
+            pools[name].append(index)
+    return {name: np.asarray(indices) for name, indices in pools.items()}
+
+
+def sample_prompt_indices(query_indices: Sequence[int], labels: Sequence[int], class_names: Sequence[str],
+                          shots: int, rng: int | np.random.Generator) -> np.ndarray:
+    """``[Q, shots]`` indices of normal samples of each query's class, never the query itself.
+
+    ``labels`` and ``class_names`` describe the whole pool (e.g. the training
+    set); ``query_indices`` index into it. ``rng`` is a seed or a NumPy
+    ``Generator`` (pass one generator across steps to get fresh draws each step).
+    Draws are without replacement within a query.
+    """
+    rng = np.random.default_rng(rng)
+    pools = normal_indices_by_class(labels, class_names)
+    chosen = np.empty((len(query_indices), shots), dtype=np.int64)
+    for row, query in enumerate(query_indices):
+        name = class_names[query]
+        candidates = pools.get(name, np.empty(0, dtype=np.int64))
+        candidates = candidates[candidates != query]
+        if len(candidates) < shots:
+            raise ValueError(f"class {name!r} has {len(candidates)} normal images besides query {query}; "
+                             f"{shots}-shot prompts need at least {shots}")
+        chosen[row] = rng.choice(candidates, size=shots, replace=False)
+    return chosen
+
+
+def sample_prompt_paths(normal_paths: Sequence[str | os.PathLike], shots: int, seed: int) -> list[str]:
+    """``shots`` distinct paths out of ``normal_paths``, a function of the *set* of paths and ``seed`` only."""
+    pool = sorted(str(p) for p in normal_paths)
+    if len(pool) < shots:
+        raise ValueError(f"{shots}-shot prompts need {shots} normal images, only {len(pool)} given")
+    picked = np.random.default_rng(seed).choice(len(pool), size=shots, replace=False)
+    return [pool[i] for i in picked]
+
+
+def prompt_set_path(directory: str | os.PathLike, dataset: str, class_name: str, shots: int, seed: int) -> Path:
+    """Where the evaluation prompt set of (dataset, class, k, seed) is stored."""
+    return Path(directory) / dataset / f"{class_name}_k{shots}_seed{seed}.json"
+
+
+def load_or_sample_prompt_set(directory: str | os.PathLike, dataset: str, class_name: str, shots: int, seed: int,
+                              normal_paths: Sequence[str | os.PathLike]) -> list[str]:
+    """The evaluation prompt paths of (dataset, class, k, seed): read if saved, else sampled and saved.
+
+    The file (atomic JSON) records its key and the paths; a file whose key or
+    number of paths does not match raises ``ValueError`` rather than being
+    silently replaced. ``normal_paths`` are the candidates (normal training
+    images of the class) and are only read when the set does not exist yet; pass
+    paths relative to the dataset root to keep the file valid when the data moves.
+    """
+    path = prompt_set_path(directory, dataset, class_name, shots, seed)
+    key = {"dataset": dataset, "class_name": class_name, "shots": shots, "seed": seed}
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if {k: saved.get(k) for k in key} != key or len(saved.get("paths", ())) != shots:
+            raise ValueError(f"prompt set {path} does not hold {key} with {shots} paths; delete it to resample")
+        return list(saved["paths"])
+    paths = sample_prompt_paths(normal_paths, shots, seed)
+    write_json_atomic({**key, "paths": paths}, path)
+    return paths
+
+
+def _endless_permutations(indices: np.ndarray, rng: np.random.Generator) -> Iterator[int]:
+    while True:
+        yield from rng.permutation(indices).tolist()
+
+
+def balanced_batches(labels: Sequence[int], batch_size: int, steps: int,
+                     rng: int | np.random.Generator) -> list[list[int]]:
+    """``steps`` batches of indices: ``batch_size // 2`` normal images, then the rest anomalous.
+
+    As the official ``BalancedBatchSampler``: each half cycles through fresh
+    random permutations of its pool, so an epoch is ``steps`` batches however
+    large the dataset (official: 100 steps of 8 + 8).
+    """
+    rng = np.random.default_rng(rng)
+    labels = np.asarray(labels)
+    pools = {label: np.flatnonzero(labels == label) for label in (0, 1)}
+    empty = [name for name, label in (("normal", 0), ("anomalous", 1)) if not len(pools[label])]
+    if empty:
+        raise ValueError(f"balanced batches need normal and anomalous images; no {' or '.join(empty)} ones given")
+    normal, anomalous = _endless_permutations(pools[0], rng), _endless_permutations(pools[1], rng)
+    n_normal = batch_size // 2
+    return [[next(normal) for _ in range(n_normal)] + [next(anomalous) for _ in range(batch_size - n_normal)]
+            for _ in range(steps)]
