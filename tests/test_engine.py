@@ -83,3 +83,32 @@ def test_result_table_prints_saves_and_ignores_undefined_cells(tmp_path):
     assert "mean" in text and "75.0" in text and "-" in text
     assert table.to_csv(tmp_path / "t.csv").read_text().splitlines()[0].startswith("class,image_auroc")
     assert '"mean"' in table.to_json(tmp_path / "t.json").read_text()
+
+
+def test_inctrl_training_updates_only_heads_and_resumes(smoke, roots, tmp_path):
+    from zsadlab.engine import train_inctrl
+
+    model = build_model("inctrl", smoke, device="cpu")
+    clip_before = {k: v.clone() for k, v in model.clip.state_dict().items()}
+    data = dataset_for(model, roots["synthetic_industrial"])
+    first = train_inctrl(model, data, epochs=1, steps_per_epoch=2, batch_size=4, out_dir=tmp_path, progress=False)
+    assert all(torch.equal(clip_before[k], v) for k, v in model.clip.state_dict().items())
+    resumed = build_model("inctrl", smoke, device="cpu")
+    history = train_inctrl(resumed, data, epochs=2, steps_per_epoch=2, batch_size=4, out_dir=tmp_path,
+                           progress=False)
+    assert history["total"][:2] == first["total"] and len(history["epoch_total"]) == 2
+    assert (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_few_shot_table_is_reproducible_and_spreads_over_seeds(smoke, roots, tmp_path):
+    from zsadlab.engine import evaluate_fewshot
+
+    model = build_model("inctrl", smoke, device="cpu")
+    test_set = dataset_for(model, roots["synthetic_ultrasound"])
+    support = dataset_for(model, roots["synthetic_ultrasound"], split="train")
+    tables = [evaluate_fewshot(model, test_set, support, shots=2, seeds=(0, 1, 2), prompt_dir=tmp_path,
+                               progress=False) for _ in range(2)]
+    assert tables[0].rows == tables[1].rows
+    row = tables[0].rows[0]
+    assert 0 <= row["image_auroc"] <= 1 and row["image_auroc_std"] >= 0
+    assert len(list(tmp_path.rglob("*.json"))) == 3

@@ -11,6 +11,7 @@ Methods are looked up in :data:`BUILDERS` (a registry, not an if-chain).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 from dataclasses import dataclass, field
@@ -22,10 +23,20 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import metrics
-from .anomalyclip import AnomalyCLIP, AnomalyCLIPConfig, PRESETS, preset_config, save_official_checkpoint
+from . import fewshot, inctrl, metrics, viz
+from .anomalyclip import (
+    PRESETS,
+    AnomalyCLIP,
+    AnomalyCLIPConfig,
+    load_official_checkpoint,
+    preset_config,
+    save_official_checkpoint,
+)
 from .backbone import preprocess_config
 from .data import AnomalyDataset, collate
+from .data.dataset import normalised_tensor, resized_rgb
+from .data.images import image_files, is_image_file, load_rgb
+from .inctrl import InCTRL, InCTRLConfig
 from .profiles import Profile
 from .utils import load_torch_file, pick_device, save_torch_atomic, seed_everything, write_json_atomic, write_text_atomic
 
@@ -58,10 +69,11 @@ def _anomalyclip_builder(preset: str) -> Callable:
 
 
 def _inctrl_builder(profile: Profile, device, seed: int, **changes):
-    from .inctrl import InCTRL, InCTRLConfig  # method module, same layer as anomalyclip
-
     clip = profile.inctrl_backbone.build(device, seed=seed)
-    config = InCTRLConfig(layers=profile.inctrl_layers, image_size=profile.inctrl_image_size, **changes)
+    config = InCTRLConfig(layers=profile.inctrl_layers, image_size=profile.inctrl_image_size,
+                          epochs=profile.inctrl_epochs, batch_size=profile.inctrl_batch_size,
+                          steps_per_epoch=profile.inctrl_steps_per_epoch)
+    config = dataclasses.replace(config, **changes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return InCTRL(clip, config).to(device)
@@ -247,3 +259,235 @@ def evaluate(model, dataset: AnomalyDataset, batch_size: int = 8, device=None, p
         pred = predict_dataset(model, dataset.subset(class_name), batch_size, device, progress=False)
         table.rows.append({"class": class_name, **class_metrics(pred)})
     return table
+
+
+# --- few-shot (InCTRL) ----------------------------------------------------------------------
+
+
+def _stack_images(dataset: AnomalyDataset, indices) -> torch.Tensor:
+    return torch.stack([dataset[int(i)]["image"] for i in indices])  # [n, 3, S, S]
+
+
+def train_inctrl(model, dataset: AnomalyDataset, epochs: int | None = None, steps_per_epoch: int | None = None,
+                 batch_size: int | None = None, shots: int | None = None, out_dir: str | Path | None = None,
+                 resume: bool = True, seed: int = 0, device=None, progress: bool = True) -> dict[str, list[float]]:
+    """Train InCTRL's adapter and heads as the official ``engine_IC.train_epoch`` (fixtures/inctrl §3.9).
+
+    Balanced batches (half normal, half anomalous), each query with ``shots`` normal prompts of its
+    class drawn from ``dataset`` (seeded, never the query itself), AdamW. Unset arguments take the
+    model config's official values. With ``out_dir``: ``checkpoint.pt`` (official layout) and
+    ``train_state.pt`` (heads, optimizer, history) are written atomically after every epoch;
+    ``resume=True`` continues after the last completed epoch.
+    """
+    cfg = model.config
+    epochs, steps = epochs or cfg.epochs, steps_per_epoch or cfg.steps_per_epoch
+    batch_size, shots = batch_size or cfg.batch_size, shots or cfg.shots
+    device = pick_device(device) if device is not None else _device_of(model)
+    model.to(device)
+    optimizer = inctrl.make_optimizer(model)
+    out_dir = Path(out_dir) if out_dir else None
+    done, history = 0, {"total": [], "epoch_total": []}
+    state_path = out_dir / RESUME_FILE if out_dir else None
+    if resume and state_path and state_path.exists():
+        state = load_torch_file(state_path, what="training state")
+        model.load_state_dict(state["heads"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        done, history = int(state["epoch"]), {k: list(v) for k, v in state["history"].items()}
+    labels = [s.label for s in dataset.samples]
+    names = [s.class_name for s in dataset.samples]
+    for epoch in range(done, epochs):
+        rng = np.random.default_rng(seed + epoch)
+        seed_everything(seed + epoch)
+        losses = []
+        for batch in tqdm(fewshot.balanced_batches(labels, batch_size, steps, rng), desc=f"epoch {epoch + 1}/{epochs}",
+                          disable=not progress, leave=False):
+            prompt_index = fewshot.sample_prompt_indices(batch, labels, names, shots, rng)  # [B, K]
+            queries = _stack_images(dataset, batch).to(device)  # [B, 3, S, S]
+            prompts = _stack_images(dataset, prompt_index.reshape(-1)).unflatten(0, prompt_index.shape)
+            label = torch.tensor([labels[i] for i in batch], device=device)
+            losses.append(inctrl.train_step(model, optimizer, queries, prompts.to(device), [names[i] for i in batch],
+                                     label)["loss"])
+        history["total"] += losses
+        history["epoch_total"].append(float(np.mean(losses)))
+        if out_dir:
+            inctrl.save_checkpoint(model, out_dir / "checkpoint.pt", epoch=epoch + 1)
+            heads = {k: v for k, v in model.state_dict().items() if not k.startswith("clip.")}
+            save_torch_atomic({"epoch": epoch + 1, "heads": heads, "optimizer": optimizer.state_dict(),
+                               "history": history}, state_path)
+    model.eval()
+    return history
+
+
+class FewShotPredictor(torch.nn.Module):
+    """InCTRL with one fixed prompt set per class, behind the engine's ``predict`` interface.
+
+    ``predict(x, class_names)`` returns InCTRL's final score and its patch residual map,
+    bilinearly upsampled to the image size for pictures (InCTRL reports no pixel metrics).
+    """
+
+    def __init__(self, model, prompts: dict[str, torch.Tensor]):
+        super().__init__()
+        self.model, self.config, self.clip = model, model.config, model.clip
+        with torch.no_grad():
+            self.prompt_features = {name: model.prompt_features(p.to(_device_of(model))) for name, p in prompts.items()}
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = torch.empty(x.shape[0], device=x.device)
+        maps = torch.empty(x.shape[0], x.shape[-2], x.shape[-1], device=x.device)
+        for name in dict.fromkeys(class_names):
+            rows = torch.tensor([i for i, n in enumerate(class_names) if n == name], device=x.device)
+            out = self.model(x[rows], self.prompt_features[name], name)
+            grid = int(round(out.patch_map.shape[1] ** 0.5))
+            patch = out.patch_map.view(-1, 1, grid, grid)
+            maps[rows] = torch.nn.functional.interpolate(patch, size=x.shape[-2:], mode="bilinear",
+                                                         align_corners=False)[:, 0]
+            scores[rows] = out.final_score
+        return scores, maps
+
+
+def fewshot_prompts(support: AnomalyDataset, class_name: str, shots: int, seed: int,
+                    prompt_dir: str | Path, dataset_name: str) -> torch.Tensor:
+    """``[K, 3, S, S]`` normal prompt images of a class, from the saved prompt set of (dataset, class, k, seed)."""
+    by_path = {str(s.path.relative_to(support.root)): i for i, s in enumerate(support.samples)
+               if s.class_name == class_name and s.label == 0}
+    paths = fewshot.load_or_sample_prompt_set(prompt_dir, dataset_name, class_name, shots, seed, sorted(by_path))
+    missing = [p for p in paths if p not in by_path]
+    if missing:
+        raise ValueError(f"prompt set for {dataset_name}/{class_name} names images not in {support.root}: "
+                         f"{missing[:3]}; delete {prompt_dir} to resample")
+    return _stack_images(support, [by_path[p] for p in paths])
+
+
+FEWSHOT_COLUMNS = ("image_auroc", "image_auroc_std", "image_ap", "image_ap_std")
+
+
+def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset, shots: int = 4,
+                     seeds: Sequence[int] = (0,), prompt_dir: str | Path = "runs/prompts",
+                     dataset_name: str | None = None, batch_size: int = 8, progress: bool = True) -> ResultTable:
+    """Few-shot table: per class, image AUROC/AP as the mean (and std) over prompt-sampling seeds.
+
+    For each (class, seed) one set of ``shots`` normal images is drawn from ``support`` (the
+    class's normal training images), saved under ``prompt_dir`` and reused by later runs, and
+    shared by every test query of the class - the official test protocol (fixtures/inctrl §3.10-11).
+    """
+    dataset_name = dataset_name or Path(dataset.root).name
+    table = ResultTable(columns=FEWSHOT_COLUMNS)
+    for class_name in tqdm(dataset.classes, desc=f"{shots}-shot classes", disable=not progress, leave=False):
+        per_seed = []
+        for seed in seeds:
+            prompts = fewshot_prompts(support, class_name, shots, seed, prompt_dir, dataset_name)
+            pred = predict_dataset(FewShotPredictor(model, {class_name: prompts}), dataset.subset(class_name),
+                                   batch_size, progress=False)
+            per_seed.append((_safe(metrics.image_auroc, pred["scores"], pred["labels"]),
+                             _safe(metrics.image_ap, pred["scores"], pred["labels"])))
+        auroc, ap = np.array(per_seed).T
+        table.rows.append({"class": class_name, "image_auroc": float(auroc.mean()), "image_auroc_std": float(auroc.std()),
+                           "image_ap": float(ap.mean()), "image_ap_std": float(ap.std())})
+    return table
+
+
+# --- one entry point per task, whatever the method (used by the CLI) --------------------------------
+
+
+def _fit_anomalyclip(model, root, epochs, batch_size, out_dir, seed, shots):
+    data = dataset_for(model, root, require_masks=True)  # official: the auxiliary set's test split, with masks
+    return train(model, data, epochs=epochs or 15, batch_size=batch_size or 8, out_dir=out_dir,
+                 seed=OFFICIAL_SEED if seed is None else seed)
+
+
+def _fit_inctrl(model, root, epochs, batch_size, out_dir, seed, shots):
+    return train_inctrl(model, dataset_for(model, root), epochs=epochs, batch_size=batch_size, shots=shots,
+                        out_dir=out_dir, seed=seed or 0)
+
+
+def _test_anomalyclip(model, root, shots, seeds, out_dir):
+    return evaluate(model, dataset_for(model, root))
+
+
+def _test_inctrl(model, root, shots, seeds, out_dir):
+    prompt_dir = Path(out_dir or "runs") / "prompts"
+    return evaluate_fewshot(model, dataset_for(model, root), dataset_for(model, root, split="train"),
+                            shots=shots, seeds=seeds, prompt_dir=prompt_dir)
+
+
+# Registries keyed by the model's class: what "train", "test" and "load" mean for each method.
+FITTERS = {AnomalyCLIP: _fit_anomalyclip, InCTRL: _fit_inctrl}
+TESTERS = {AnomalyCLIP: _test_anomalyclip, InCTRL: _test_inctrl}
+CHECKPOINT_LOADERS = {AnomalyCLIP: load_official_checkpoint, InCTRL: inctrl.load_checkpoint}
+
+
+def _lookup(table: dict, model):
+    return table[type(model)]
+
+
+def fit(model, root, epochs: int | None = None, batch_size: int | None = None, out_dir=None,
+        seed: int | None = None, shots: int | None = None) -> dict:
+    """Train ``model`` (AnomalyCLIP or InCTRL) on the prepared dataset at ``root``; returns the loss history.
+
+    ``None`` takes the method's official value (InCTRL: from its config, set by the profile).
+    """
+    return _lookup(FITTERS, model)(model, root, epochs, batch_size, out_dir, seed, shots)
+
+
+def test(model, root, shots: int = 4, seeds: Sequence[int] = (0,), out_dir=None) -> ResultTable:
+    """The method's evaluation protocol on ``root``: zero-shot table, or few-shot table over prompt seeds."""
+    return _lookup(TESTERS, model)(model, root, shots, seeds, out_dir)
+
+
+test.__test__ = False  # not a pytest test
+
+
+def load_checkpoint(model, path):
+    """Load an official-format checkpoint of the model's method (weights_only, clear errors)."""
+    return _lookup(CHECKPOINT_LOADERS, model)(model, path)
+
+
+def _user_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named directly or found (not recursively) in the folders given."""
+    found = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += image_files(item)
+        elif is_image_file(item):
+            found.append(item)
+        else:
+            raise ValueError(f"{item} is neither an image file nor a folder of images "
+                             "(.png, .jpg, .jpeg, .bmp, .tif)")
+    if not found:
+        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+    return found
+
+
+def _transformed(model, path: Path) -> torch.Tensor:
+    norm = preprocess_config(model.clip)
+    return normalised_tensor(resized_rgb(load_rgb(path), model.config.image_size), norm["mean"], norm["std"])
+
+
+def predict_images(model, inputs: Sequence[str | Path], out_dir: str | Path, class_name: str = "object",
+                   prompts: Sequence[str | Path] | None = None) -> dict:
+    """Score the user's own images: ``scores.csv`` (path, score) and one overlay PNG per image in ``out_dir``.
+
+    InCTRL needs ``prompts``: normal images (files or a folder) of the same kind of object.
+    """
+    paths = _user_images(inputs)
+    if prompts is not None:
+        prompt_images = torch.stack([_transformed(model, p) for p in _user_images(prompts)])
+        predictor = FewShotPredictor(model, {class_name: prompt_images})
+    elif hasattr(model, "prompt_learner"):
+        predictor = model
+    else:
+        raise ValueError("this method is few-shot: pass normal reference images with prompts=[...] (--prompts DIR)")
+    predictor.eval()
+    out_dir = Path(out_dir).resolve()  # relative to the caller's working directory
+    device = _device_of(model)
+    rows, overlays = [], []
+    for path in tqdm(paths, desc="predict", leave=False):
+        image = _transformed(model, path)
+        score, amap = predictor.predict(image[None].to(device), [class_name])
+        fig = viz.plot_overlay(image, amap[0].cpu(), title=f"{path.name}", score=float(score[0]))
+        overlays.append(viz.save_figure(fig, out_dir, f"{path.stem}_overlay"))
+        viz.plt.close(fig)
+        rows.append(f"{path},{float(score[0]):.6f}")
+    csv_path = write_text_atomic("path,score\n" + "\n".join(rows) + "\n", out_dir / "scores.csv")
+    return {"csv": csv_path, "overlays": overlays}

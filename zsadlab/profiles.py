@@ -52,8 +52,11 @@ class Profile:
     inctrl_layers: tuple[int, ...]
     train_dataset: str
     test_dataset: str
-    epochs: int
+    epochs: int  # AnomalyCLIP training
     batch_size: int
+    inctrl_epochs: int
+    inctrl_batch_size: int  # half normal, half anomalous
+    inctrl_steps_per_epoch: int
     meaningful: bool  # are its numbers comparable with the papers?
 
 
@@ -73,6 +76,9 @@ PROFILES: dict[str, Profile] = {
         test_dataset="visa",
         epochs=15,
         batch_size=8,
+        inctrl_epochs=10,
+        inctrl_batch_size=16,
+        inctrl_steps_per_epoch=100,
         meaningful=True,
     ),
     # The fixtures' tiny architectures, random weights: same code paths, CPU, minutes.
@@ -89,6 +95,9 @@ PROFILES: dict[str, Profile] = {
         test_dataset="synthetic_ultrasound",
         epochs=1,
         batch_size=4,
+        inctrl_epochs=1,
+        inctrl_batch_size=8,
+        inctrl_steps_per_epoch=6,
         meaningful=False,
     ),
 }
