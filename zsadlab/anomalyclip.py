@@ -108,6 +108,7 @@ class AnomalyCLIP(nn.Module):
             object_agnostic=config.object_agnostic, deep_prompt_fp16=config.deep_prompt_fp16,
         )
         self._ensemble_cache: dict[str, torch.Tensor] = {}
+        self._learned_cache: dict[tuple, torch.Tensor] = {}
 
     def train(self, mode: bool = True) -> "AnomalyCLIP":
         super().train(mode)
@@ -150,7 +151,16 @@ class AnomalyCLIP(nn.Module):
             if name not in self._ensemble_cache:
                 self._ensemble_cache[name] = ensemble_text_features(self.clip, name)
             return self._ensemble_cache[name].to(self.clip.visual.proj.device)
-        return self.prompt_learner.text_features(self.clip, None if self._class_independent else class_name)
+        name = None if self._class_independent else class_name
+        if torch.is_grad_enabled():  # training: a fresh, differentiable forward
+            return self.prompt_learner.text_features(self.clip, name)
+        # Inference: the prompts only change when a parameter is written in place (optimizer step,
+        # load_state_dict), which bumps its version counter; reuse the features until then.
+        key = (name, tuple(p._version for p in self.prompt_learner.parameters()))
+        if key not in self._learned_cache:
+            self._learned_cache.clear()
+            self._learned_cache[key] = self.prompt_learner.text_features(self.clip, name)
+        return self._learned_cache[key]
 
     # --- maps and scores ------------------------------------------------------------
     def layer_similarity_maps(self, patches: list[torch.Tensor], text: torch.Tensor) -> list[torch.Tensor]:

@@ -28,9 +28,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .backbone import check_blocks, embed_image
-
-QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+from .backbone import block_qkv, check_blocks, embed_image, merge_heads, residual_block
 
 # mode -> (query, key) of the DPAM path from the block's (q, k, v); the value is always v.
 DPAM_MODES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
@@ -47,19 +45,6 @@ def check_mode(mode: str | None) -> str | None:
     return mode
 
 
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """``[B, N, C]`` -> ``[B, H, N, C/H]`` (contiguous head slices, as nn.MultiheadAttention)."""
-    b, n, c = x.shape
-    return x.view(b, n, heads, c // heads).transpose(1, 2)
-
-
-def block_qkv(block: torch.nn.Module, x: torch.Tensor) -> QKV:
-    """Queries, keys and values ``[B, H, N, hd]`` of ``block`` for the residual stream ``x``."""
-    attn = block.attn
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)  # [B, N, 3C]
-    return tuple(split_heads(t, attn.num_heads) for t in qkv.chunk(3, dim=-1))  # type: ignore[return-value]
-
-
 def dual_path_block(
     block: torch.nn.Module, x_orig: torch.Tensor, x_dpam: torch.Tensor, mode: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,7 +58,7 @@ def dual_path_block(
     out = F.scaled_dot_product_attention(
         torch.cat([q, q_local]), torch.cat([k, k_local]), torch.cat([v, v])
     )  # [2B, H, N, hd]
-    out = block.attn.out_proj(out.transpose(1, 2).flatten(2))  # [2B, N, C]
+    out = block.attn.out_proj(merge_heads(out))  # [2B, N, C]
     x_orig = x_orig + block.ls_1(out[:batch])
     x_orig = x_orig + block.ls_2(block.mlp(block.ln_2(x_orig)))
     return x_orig, x_dpam + out[batch:]
@@ -101,7 +86,7 @@ def dpam_tokens(
     taken: dict[int, torch.Tensor] = {}
     for index, block in enumerate(resblocks, start=1):
         if index < first_refined:
-            x_orig = block(x_orig)
+            x_orig = residual_block(block, x_orig)
         else:
             x_dpam = x_orig if x_dpam is None else x_dpam
             x_orig, x_dpam = dual_path_block(block, x_orig, x_dpam, mode)
@@ -122,7 +107,7 @@ def attention_maps(visual: torch.nn.Module, x: torch.Tensor, block: int, mode: s
     (index,) = check_blocks([block], len(resblocks))
     stream = embed_image(visual, x)
     for earlier in resblocks[: index - 1]:
-        stream = earlier(stream)
+        stream = residual_block(earlier, stream)
     q, k, v = block_qkv(resblocks[index - 1], stream)
     query, key = (q, k) if mode is None else DPAM_MODES[check_mode(mode)](q, k, v)
     weights = torch.softmax(query @ key.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)  # [B, H, N, N]

@@ -163,3 +163,15 @@ def test_official_checkpoint_roundtrip(clip, official_prompt_learner, tmp_path):
     close(other.text_features(), npz("text")["text_features"][0], 1e-5)
     saved = torch.load(path, weights_only=True)
     assert set(saved) == {"prompt_learner"} and set(saved["prompt_learner"]) == set(official_prompt_learner)
+
+
+def test_cached_inference_text_follows_every_change_of_the_prompts(clip, official_prompt_learner):
+    model = make_model(clip, official_prompt_learner)
+    with torch.no_grad():
+        first = model.text_features()
+        assert model.text_features() is first  # cached while nothing changed
+        model.prompt_learner.ctx_pos.add_(0.1)
+        assert not torch.allclose(model.text_features(), first)
+        model.prompt_learner.load_state_dict(official_prompt_learner)
+        close(model.text_features(), npz("text")["text_features"][0], 1e-5)
+    assert model.text_features().requires_grad  # training path is never cached
