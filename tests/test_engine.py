@@ -112,3 +112,21 @@ def test_few_shot_table_is_reproducible_and_spreads_over_seeds(smoke, roots, tmp
     row = tables[0].rows[0]
     assert 0 <= row["image_auroc"] <= 1 and row["image_auroc_std"] >= 0
     assert len(list(tmp_path.rglob("*.json"))) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_few_shot_on_real_magnetic_tile_without_a_training_split_in_under_two_minutes(smoke, shared_data, tmp_path):
+    from zsadlab.data import prepare
+    from zsadlab.data.download import extract
+    from zsadlab.engine import evaluate_fewshot
+
+    started = time.monotonic()
+    raw = extract(shared_data / "magnetic_tile.tar", tmp_path / "raw")
+    root = prepare("magnetic_tile", raw=raw, out=tmp_path / "magnetic_tile")
+    model = build_model("inctrl", smoke, device="cpu")
+    test_set = dataset_for(model, root)
+    table = evaluate_fewshot(model, test_set, None, shots=4, seeds=(0,), prompt_dir=tmp_path / "prompts",
+                             batch_size=32, progress=False)
+    assert time.monotonic() - started < 120
+    assert 0 <= table.rows[0]["image_auroc"] <= 1 and table.rows[0]["class"] == "magnetic_tile"

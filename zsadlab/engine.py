@@ -33,7 +33,7 @@ from .anomalyclip import (
     save_official_checkpoint,
 )
 from .backbone import preprocess_config
-from .data import AnomalyDataset, collate
+from .data import AnomalyDataset, DatasetError, collate
 from .data.dataset import normalised_tensor, resized_rgb
 from .data.images import image_files, is_image_file, load_rgb
 from .inctrl import InCTRL, InCTRLConfig
@@ -347,8 +347,9 @@ class FewShotPredictor(torch.nn.Module):
 
 
 def fewshot_prompts(support: AnomalyDataset, class_name: str, shots: int, seed: int,
-                    prompt_dir: str | Path, dataset_name: str) -> torch.Tensor:
-    """``[K, 3, S, S]`` normal prompt images of a class, from the saved prompt set of (dataset, class, k, seed)."""
+                    prompt_dir: str | Path, dataset_name: str) -> tuple[torch.Tensor, list[Path]]:
+    """Normal prompt images ``[K, 3, S, S]`` of a class and their paths, from the saved prompt set of
+    (dataset, class, k, seed) (sampled from ``support``'s normal images of the class the first time)."""
     by_path = {str(s.path.relative_to(support.root)): i for i, s in enumerate(support.samples)
                if s.class_name == class_name and s.label == 0}
     paths = fewshot.load_or_sample_prompt_set(prompt_dir, dataset_name, class_name, shots, seed, sorted(by_path))
@@ -356,13 +357,13 @@ def fewshot_prompts(support: AnomalyDataset, class_name: str, shots: int, seed: 
     if missing:
         raise ValueError(f"prompt set for {dataset_name}/{class_name} names images not in {support.root}: "
                          f"{missing[:3]}; delete {prompt_dir} to resample")
-    return _stack_images(support, [by_path[p] for p in paths])
+    return _stack_images(support, [by_path[p] for p in paths]), [support.root / p for p in paths]
 
 
 FEWSHOT_COLUMNS = ("image_auroc", "image_auroc_std", "image_ap", "image_ap_std")
 
 
-def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset, shots: int = 4,
+def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset | None = None, shots: int = 4,
                      seeds: Sequence[int] = (0,), prompt_dir: str | Path = "runs/prompts",
                      dataset_name: str | None = None, batch_size: int = 8, progress: bool = True) -> ResultTable:
     """Few-shot table: per class, image AUROC/AP as the mean (and std) over prompt-sampling seeds.
@@ -370,15 +371,17 @@ def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset, sh
     For each (class, seed) one set of ``shots`` normal images is drawn from ``support`` (the
     class's normal training images), saved under ``prompt_dir`` and reused by later runs, and
     shared by every test query of the class - the official test protocol (fixtures/inctrl §3.10-11).
+    Datasets without a training split (``support=None``) lend the prompts from their own normal test
+    images, which are then left out of the evaluated queries.
     """
     dataset_name = dataset_name or Path(dataset.root).name
     table = ResultTable(columns=FEWSHOT_COLUMNS)
     for class_name in tqdm(dataset.classes, desc=f"{shots}-shot classes", disable=not progress, leave=False):
         per_seed = []
         for seed in seeds:
-            prompts = fewshot_prompts(support, class_name, shots, seed, prompt_dir, dataset_name)
-            pred = predict_dataset(FewShotPredictor(model, {class_name: prompts}), dataset.subset(class_name),
-                                   batch_size, progress=False)
+            prompts, paths = fewshot_prompts(support or dataset, class_name, shots, seed, prompt_dir, dataset_name)
+            queries = dataset.subset(class_name).excluding(paths if support is None else [])
+            pred = predict_dataset(FewShotPredictor(model, {class_name: prompts}), queries, batch_size, progress=False)
             per_seed.append((_safe(metrics.image_auroc, pred["scores"], pred["labels"]),
                              _safe(metrics.image_ap, pred["scores"], pred["labels"])))
         auroc, ap = np.array(per_seed).T
@@ -407,8 +410,11 @@ def _test_anomalyclip(model, root, shots, seeds, out_dir):
 
 def _test_inctrl(model, root, shots, seeds, out_dir):
     prompt_dir = Path(out_dir or "runs") / "prompts"
-    return evaluate_fewshot(model, dataset_for(model, root), dataset_for(model, root, split="train"),
-                            shots=shots, seeds=seeds, prompt_dir=prompt_dir)
+    try:
+        support = dataset_for(model, root, split="train")
+    except DatasetError:  # no training split: the prompts come from the test split's normal images
+        support = None
+    return evaluate_fewshot(model, dataset_for(model, root), support, shots=shots, seeds=seeds, prompt_dir=prompt_dir)
 
 
 # Registries keyed by the model's class: what "train", "test" and "load" mean for each method.

@@ -95,6 +95,13 @@ class AnomalyDataset(Dataset):
         view.samples = _selected(self.samples, [class_name], self.root, self.split)
         return view
 
+    def excluding(self, paths) -> "AnomalyDataset":
+        """The same dataset without the images at ``paths`` (e.g. few-shot prompts taken from it)."""
+        drop = {str(Path(p)) for p in paths}
+        view = copy.copy(self)
+        view.samples = [s for s in self.samples if str(s.path) not in drop]
+        return view
+
     def __len__(self) -> int:
         return len(self.samples)
 
