@@ -1,0 +1,59 @@
+"""AnomalyCLIP composition: presets, per-class text, loss switches, checkpoint errors."""
+import pytest
+import torch
+
+from zsadlab.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig, load_official_checkpoint, preset_config
+from zsadlab.backbone import tiny_clip
+
+TINY = AnomalyCLIPConfig(features=(2, 4, 6, 8), dpam_blocks=5, image_size=112)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return tiny_clip("anomalyclip", seed=0)
+
+
+def test_presets_are_the_paper_baselines():
+    assert preset_config("coop", TINY).dpam_mode is None and preset_config("coop", TINY).depth == 1
+    assert not preset_config("coop", TINY).object_agnostic
+    assert preset_config("clip_ac", TINY).text_source == "ensemble"
+    clip_cfg = preset_config("clip", TINY)
+    assert clip_cfg.global_ln_post and clip_cfg.features == (8,) and clip_cfg.dpam_mode is None
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="DPAM mode"):
+        AnomalyCLIPConfig(dpam_mode="vk")
+    with pytest.raises(ValueError, match="loss setting"):
+        AnomalyCLIPConfig(loss="pixels")
+
+
+def test_object_aware_text_is_per_image(clip):
+    model = AnomalyCLIP(clip, TINY.replace(object_agnostic=False))
+    with torch.no_grad():
+        text = model.text_features(["bottle", "screw", "bottle"])
+    assert text.shape == (3, 2, 64) and torch.equal(text[0], text[2]) and not torch.equal(text[0], text[1])
+
+
+@pytest.mark.parametrize("setting,uses", [("both", {"image", "pixel"}), ("global", {"image"}), ("local", {"pixel"})])
+def test_total_loss_is_the_sum_of_the_enabled_terms(clip, setting, uses):
+    model = AnomalyCLIP(clip, TINY.replace(loss=setting))
+    x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(2, 112, 112)
+    masks[1, 30:60, 30:60] = 1
+    terms = model.losses(x, masks, torch.tensor([0, 1]))
+    assert terms["total"].item() == pytest.approx(sum(terms[k].item() for k in uses), rel=1e-6)
+    assert terms["pixel"].item() == pytest.approx(
+        4 * sum(terms[k].sum().item() for k in ("focal", "dice_anomalous", "dice_normal")), rel=1e-6)
+    terms["total"].backward()
+    assert all(p.grad is None for p in model.clip.parameters())
+
+
+def test_checkpoint_from_another_architecture_is_named_with_the_fix(clip, tmp_path):
+    small = AnomalyCLIP(clip, TINY.replace(n_ctx=4))
+    torch.save({"prompt_learner": small.prompt_learner.state_dict()}, tmp_path / "epoch_1.pth")
+    with pytest.raises(ValueError, match="n_ctx"):
+        load_official_checkpoint(AnomalyCLIP(clip, TINY), tmp_path / "epoch_1.pth")
+    torch.save({"weights": 1}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="prompt_learner"):
+        load_official_checkpoint(AnomalyCLIP(clip, TINY), tmp_path / "other.pth")
