@@ -1,0 +1,49 @@
+"""zsadlab.run_notebooks: parameters, baseline sanitising and timing records (no kernel started)."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+from zsadlab import run_notebooks as rn
+
+
+def test_parameters_keep_relative_output_dirs():
+    params = rn.notebook_parameters("01_x", "smoke", "figures", {"seed": 1})
+    assert params == {"profile": "smoke", "output_dir": "figures/01_x", "seed": 1}
+
+
+def test_sanitised_baseline_drops_images_and_keeps_text():
+    cell = new_code_cell("plot()")
+    cell.outputs = [
+        new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<Figure size 10x10 with 1 Axes>"},
+                   metadata={"needs_background": "light"}),
+        new_output("stream", name="stdout", text="auroc 0.91\n"),
+    ]
+    cell.metadata["papermill"] = {"duration": 1.0}
+    nb = new_notebook(cells=[cell], metadata={"papermill": {"start_time": "now"}})
+    clean = rn.sanitise_baseline(nb)
+    out = clean.cells[0].outputs
+    assert "image/png" not in out[0]["data"] and out[0]["data"]["text/plain"].startswith("<Figure")
+    assert out[1]["text"] == "auroc 0.91\n"
+    assert "papermill" not in clean.metadata and "papermill" not in clean.cells[0].metadata
+    assert "image/png" in nb.cells[0].outputs[0]["data"], "the input notebook must not be modified"
+    nbformat.validate(clean)
+
+
+def test_timings_merge_with_earlier_runs(tmp_path):
+    path = tmp_path / "timings.json"
+    path.write_text(json.dumps({"profile": "smoke", "seconds": {"a": 1.0, "b": 2.0}, "failed": ["b"]}))
+    merged = rn._merged({"profile": "smoke", "seconds": {"b": 3.0}, "failed": []}, path)
+    assert merged["seconds"] == {"a": 1.0, "b": 3.0} and merged["failed"] == [] and merged["total_seconds"] == 4.0
+    other = rn._merged({"profile": "full", "seconds": {"b": 3.0}, "failed": []}, path)
+    assert other["seconds"] == {"b": 3.0}
+
+
+def test_missing_notebook_is_a_usage_error(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        rn.main([str(tmp_path / "nope.ipynb")])
+    assert "no such notebook" in capsys.readouterr().err

@@ -1,0 +1,111 @@
+"""zsadlab.viz: every helper returns a Figure with a title and labelled axes; maps get colourbars."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from zsadlab import viz  # noqa: E402
+
+S = 28
+
+
+def _image():
+    return torch.randn(3, S, S)
+
+
+def _mask():
+    m = np.zeros((S, S))
+    m[10:16, 12:18] = 1
+    return m
+
+
+def _has_title(fig) -> bool:
+    return bool(fig._suptitle and fig._suptitle.get_text()) or any(ax.get_title() for ax in fig.axes)
+
+
+def _labelled(fig) -> bool:
+    plots = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    return all(ax.get_xlabel() or ax.get_ylabel() for ax in plots[:1])
+
+
+def _colourbars(fig) -> int:
+    return sum(ax.get_label() == "<colorbar>" for ax in fig.axes)
+
+
+@pytest.fixture(autouse=True)
+def _close():
+    viz.set_style()
+    yield
+    plt.close("all")
+
+
+FIGURES = {
+    "overlay": lambda: viz.plot_overlay(_image(), np.random.rand(S, S), mask=_mask(), score=0.5),
+    "samples": lambda: viz.plot_sample_grid([_image(), _image()], [None, _mask()], ["a", "b"]),
+    "map_grid": lambda: viz.plot_map_grid([_image(), _image()], {"m": [np.random.rand(S, S)] * 2}, masks=[None, _mask()]),
+    "attention": lambda: viz.plot_attention({"QK": torch.softmax(torch.randn(1, 17, 17), -1)}),
+    "attention_rows": lambda: viz.plot_attention_rows(_image(), {"QK": torch.softmax(torch.randn(17, 17), -1)}, [3], mask=_mask()),
+    "roc": lambda: viz.plot_roc_curves({"a": (np.array([0, 0.5, 1]), np.array([0, 0.8, 1]), 0.7)}),
+    "pro": lambda: viz.plot_pro_curves({"a": (np.array([0, 0.1, 0.3]), np.array([0, 0.5, 0.8]))}),
+    "bars": lambda: viz.plot_bars({"x": {"m": 0.5, "n": 0.6}}, reference={"paper": {"m": 0.9}}),
+    "loss": lambda: viz.plot_loss_curves({"a": [3.0, 2.0, 1.0]}, smooth=2),
+    "k_shot": lambda: viz.plot_k_shot({"m": {2: [0.5, 0.6], 4: [0.7, 0.8]}}, reference={"p": {2: 0.8}}, hlines={"z": 0.5}),
+    "histogram": lambda: viz.plot_score_histogram(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])),
+}
+MAPS = {"overlay", "map_grid", "attention", "attention_rows"}
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_figure_has_title_labels_and_colourbars(name):
+    fig = FIGURES[name]()
+    assert isinstance(fig, plt.Figure)
+    assert _has_title(fig), name
+    assert _labelled(fig), name
+    if name in MAPS:
+        assert _colourbars(fig) >= 1, f"{name}: maps need a colourbar"
+
+
+def test_save_figure_writes_png(tmp_path: Path):
+    fig = FIGURES["loss"]()
+    path = viz.save_figure(fig, tmp_path / "out", "curve")
+    assert path == tmp_path / "out" / "curve.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert viz.save_figure(fig, None, "x") is None
+
+
+def test_show_saves_and_returns_nothing(tmp_path: Path):
+    assert viz.show(FIGURES["loss"](), tmp_path, "shown") is None
+    assert (tmp_path / "shown.png").is_file()
+
+
+def test_paths_resolve_against_the_repository(tmp_path: Path):
+    root = Path(__file__).resolve().parents[2]
+    assert viz.repo_root(Path(__file__).parent) == root
+    assert viz.resolve_path("figures/x", root) == root / "figures" / "x"
+    assert viz.resolve_path(tmp_path) == tmp_path
+
+
+def test_to_rgb_undoes_the_normalisation():
+    rgb = np.random.rand(S, S, 3)
+    tensor = (torch.from_numpy(rgb).permute(2, 0, 1) - torch.tensor(viz.OPENAI_MEAN)[:, None, None]) \
+        / torch.tensor(viz.OPENAI_STD)[:, None, None]
+    assert np.allclose(viz.to_rgb(tensor.float()), rgb, atol=1e-5)
+    assert viz.to_rgb((rgb * 255).astype(np.uint8)).max() <= 1.0
+
+
+def test_format_table_has_fixed_decimals():
+    text = viz.format_table({"a": {"x": 0.123456, "y": float("nan")}}, decimals=2)
+    assert "0.12" in text and "0.123" not in text and "nan" in text
+    assert "12.3" in viz.format_table({"a": {"x": 0.123456}}, decimals=1, percent=True)
+
+
+def test_defect_patch_finds_the_masked_cell():
+    mask = np.zeros((S, S))
+    mask[21:28, 0:7] = 1  # bottom-left cell of a 4 x 4 grid
+    assert viz.defect_patch(mask, 4) == 12

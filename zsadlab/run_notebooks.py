@@ -1,0 +1,167 @@
+"""Execute the notebook series with papermill (``make notebooks``) or write nbval baselines (``make baselines``).
+
+    python -m zsadlab.run_notebooks --profile auto --out build/notebooks --figures figures notebooks/*.ipynb
+    python -m zsadlab.run_notebooks --profile smoke --baselines tests/notebooks/baselines notebooks/*.ipynb
+
+Each notebook runs in its own folder (papermill ``cwd``) with these parameters injected:
+``profile`` and ``output_dir`` (``<figures>/<stem>``, kept *relative* when given relative: the
+notebooks resolve it against the repository root with :func:`zsadlab.viz.resolve_path`, so
+the same injected cell works under papermill (cwd ``notebooks/``) and nbval (cwd
+``tests/notebooks/baselines/``)). Seconds per notebook go to ``timings.json``.
+
+Baseline mode executes in the smoke profile and writes *sanitised* notebooks for nbval:
+image payloads removed (their ``text/plain`` stand-in kept, so output counts still match),
+papermill's timing metadata and widget state dropped, all text kept.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .utils import write_json_atomic
+
+IMAGE_MIME_PREFIXES = ("image/",)
+BASELINE_FIGURES = "build/nbval/figures"
+KERNEL = "python3"
+
+
+def notebook_parameters(stem: str, profile: str, figures: str, extra: dict | None = None) -> dict:
+    """The parameters papermill injects into notebook ``stem``."""
+    params = {"profile": profile, "output_dir": str(Path(figures) / stem)}
+    params.update(extra or {})
+    return params
+
+
+def execute(source: Path, target: Path, parameters: dict, kernel_name: str = KERNEL,
+            timeout: int | None = 1800) -> float:
+    """Run ``source`` with papermill into ``target`` (cwd = the source's folder); returns seconds."""
+    import papermill as pm
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    pm.execute_notebook(
+        str(source), str(target), parameters=parameters, cwd=str(source.resolve().parent),
+        kernel_name=kernel_name, progress_bar=False, log_output=False, execution_timeout=timeout,
+    )
+    return time.perf_counter() - start
+
+
+def sanitise_baseline(nb):
+    """A copy of the executed notebook ``nb`` fit to commit as an nbval baseline."""
+    nb = copy.deepcopy(nb)
+    nb.metadata.pop("papermill", None)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        if cell.cell_type != "code":
+            continue
+        for output in cell.get("outputs", []):
+            data = output.get("data")
+            if data:
+                for mime in [m for m in data if m.startswith(IMAGE_MIME_PREFIXES)]:
+                    del data[mime]
+            if "metadata" in output:
+                output["metadata"] = {}
+    return nb
+
+
+def _write_sanitised(executed: Path, target: Path) -> None:
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(sanitise_baseline(nb), str(target))
+
+
+def run(notebooks: Sequence[Path], profile: str, out: Path, figures: str, baselines: Path | None = None,
+        timings_path: Path | None = None, extra: dict | None = None, kernel_name: str = KERNEL) -> dict:
+    """Execute ``notebooks`` in order; returns ``{"seconds": {stem: s}, "failed": [stems]}``."""
+    from tqdm.auto import tqdm
+
+    seconds: dict[str, float] = {}
+    failed: list[str] = []
+    bar = tqdm(notebooks, desc="notebooks", unit="nb", file=sys.stdout)
+    for index, source in enumerate(bar, start=1):
+        stem = source.stem
+        bar.set_postfix_str(stem)
+        executed = out / source.name
+        params = notebook_parameters(stem, profile, figures, extra)
+        try:
+            seconds[stem] = round(execute(source, executed, params, kernel_name), 2)
+            status = "ok"
+            if baselines is not None:
+                _write_sanitised(executed, baselines / source.name)
+        except Exception as err:  # keep going: report every broken notebook at once
+            seconds[stem] = float("nan")
+            failed.append(stem)
+            status = f"FAILED ({type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''})"
+        bar.write(f"[{index}/{len(notebooks)}] {stem}: {seconds[stem]:.1f} s {status} -> {executed}")
+    report = {"profile": profile, "seconds": seconds, "total_seconds": round(sum(v for v in seconds.values() if v == v), 2),
+              "failed": failed}
+    if timings_path is not None:
+        write_json_atomic(_merged(report, timings_path), timings_path)
+    return report
+
+
+def _merged(report: dict, path: Path) -> dict:
+    """``report`` merged into the timings already at ``path`` (same profile): re-running a few
+    notebooks updates their entries and keeps the others."""
+    try:
+        old = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return report
+    if old.get("profile") != report["profile"] or not isinstance(old.get("seconds"), dict):
+        return report
+    seconds = {**old["seconds"], **report["seconds"]}
+    failed = sorted((set(old.get("failed", [])) - set(report["seconds"])) | set(report["failed"]))
+    return {"profile": report["profile"], "seconds": seconds,
+            "total_seconds": round(sum(v for v in seconds.values() if v == v), 2), "failed": failed}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zsadlab.run_notebooks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="+", type=Path, help="notebooks to execute, in order")
+    parser.add_argument("--profile", default="auto", choices=["auto", "full", "smoke"])
+    parser.add_argument("--out", type=Path, default=Path("build/notebooks"), help="executed notebooks go here")
+    parser.add_argument("--figures", default="figures", help="figures go to <figures>/<notebook stem>/")
+    parser.add_argument("--baselines", type=Path, default=None,
+                        help="write sanitised smoke-profile baselines for nbval into this folder (forces --profile smoke)")
+    parser.add_argument("--timings", type=Path, default=None, help="default: <out>/timings.json")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="extra parameter for every notebook (value parsed as JSON when possible)")
+    parser.add_argument("--kernel", default=KERNEL)
+    args = parser.parse_args(argv)
+
+    extra = {}
+    for name, value in args.parameter:
+        try:
+            extra[name] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[name] = value
+    profile, figures, out = args.profile, args.figures, args.out
+    timings = args.timings
+    if args.baselines is not None:
+        profile, figures = "smoke", BASELINE_FIGURES
+        out = args.out if args.out != Path("build/notebooks") else Path("build/nbval/executed")
+        timings = timings or Path("build/notebooks/timings_smoke.json")
+    missing = [str(nb) for nb in args.notebooks if not nb.is_file()]
+    if missing:
+        parser.error(f"no such notebook: {', '.join(missing)}")
+    report = run(args.notebooks, profile, out, figures, args.baselines, timings or out / "timings.json",
+                 extra, args.kernel)
+    print(f"{len(args.notebooks) - len(report['failed'])}/{len(args.notebooks)} notebooks ran in "
+          f"{report['total_seconds']:.1f} s (profile {profile}); timings in {timings or out / 'timings.json'}")
+    if report["failed"]:
+        print("failed: " + ", ".join(report["failed"]) + f" (see the executed copies in {out})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""Plotting helpers for the notebooks: overlays, grids, attention, curves, bars, losses.
+
+One style for everything (:func:`set_style`, seaborn); every helper gives a title and
+labelled axes, adds a colourbar to every anomaly map, and *returns the Figure* (it
+never calls ``plt.show``). :func:`save_figure` writes it as PNG.
+
+Also here: :func:`repo_root` and :func:`resolve_path`, so notebooks can use paths
+relative to the repository whatever their working directory is (papermill runs a
+kernel in ``notebooks/``, nbval in ``tests/notebooks/baselines/``).
+
+Images may be given as ``[3, H, W]`` normalised tensors (as :class:`zsadlab.data`
+returns them: pass ``mean``/``std`` or rely on the OpenAI CLIP defaults), or as
+``[H, W, 3]`` / ``[H, W]`` arrays in ``uint8`` or ``[0, 1]`` floats.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+MAP_CMAP = "jet"  # the papers' anomaly-map colours
+ATTENTION_CMAP = "viridis"
+
+__all__ = [
+    "set_style", "repo_root", "resolve_path", "figure_path", "show", "to_rgb", "to_numpy", "save_figure",
+    "plot_overlay", "plot_sample_grid", "plot_map_grid", "plot_attention", "plot_attention_rows",
+    "plot_roc_curves", "plot_pro_curves", "plot_bars", "plot_loss_curves", "plot_k_shot",
+    "plot_score_histogram", "format_table", "print_table", "defect_patch",
+]
+
+
+# ----------------------------------------------------------------------------- style and paths
+def set_style(context: str = "notebook", dpi: int = 100) -> None:
+    """The one seaborn style of the series (white grid, colour-blind palette)."""
+    sns.set_theme(context=context, style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.dpi": dpi, "savefig.dpi": dpi, "savefig.bbox": "tight",
+                         "axes.titleweight": "bold", "image.interpolation": "nearest"})
+
+
+def repo_root(start: str | os.PathLike | None = None) -> Path:
+    """The zsadlab checkout: the first folder at or above ``start`` (default: cwd) holding
+    ``pyproject.toml`` and ``zsadlab/``; else the folder above the installed package."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "zsadlab").is_dir():
+            return folder
+    return Path(__file__).resolve().parent.parent
+
+
+def resolve_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """``path`` if absolute, else relative to :func:`repo_root` (so notebooks never bake
+    absolute paths into their parameters)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else (Path(root) if root else repo_root()) / path
+
+
+def figure_path(output_dir: str | os.PathLike, name: str) -> Path:
+    """Where :func:`save_figure` writes ``name``: ``<output_dir>/<name>.png`` (relative: from the repo root)."""
+    return resolve_path(output_dir) / (name if name.endswith(".png") else name + ".png")
+
+
+def save_figure(fig: plt.Figure, output_dir: str | os.PathLike | None, name: str) -> Path | None:
+    """Write ``fig`` as PNG to :func:`figure_path`; returns that path (``None`` when ``output_dir``
+    is ``None``/empty: nothing is written)."""
+    if not output_dir:
+        return None
+    path = figure_path(output_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def show(fig: plt.Figure, output_dir: str | os.PathLike | None = None, name: str | None = None) -> None:
+    """Save ``fig`` (when ``output_dir`` and ``name`` are given), display it once in a notebook and close it.
+
+    Returns nothing, so a cell ending with it shows only the figure (nbval does not honour a
+    trailing ``;``, so ``save_figure``'s return value would otherwise be displayed too).
+    """
+    if output_dir and name:
+        save_figure(fig, output_dir, name)
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # pragma: no cover
+        return
+    if get_ipython() is not None:
+        display(fig)
+        plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- conversions
+def to_numpy(x) -> np.ndarray:
+    """Tensor or array-like -> float numpy array (detached, on the CPU)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def to_rgb(image, mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD) -> np.ndarray:
+    """Any image (see module doc) -> ``[H, W, 3]`` float in [0, 1] for ``imshow``.
+
+    A ``[3, H, W]`` *tensor* is taken as normalised (``x * std + mean`` undoes it).
+    """
+    normalised = isinstance(image, torch.Tensor) and image.dim() == 3 and image.shape[0] == 3
+    arr = to_numpy(image)
+    if normalised:
+        arr = arr.transpose(1, 2, 0) * np.asarray(std) + np.asarray(mean)
+    elif arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
+        arr = arr.transpose(1, 2, 0)
+    if arr.dtype == np.uint8 or arr.max(initial=0) > 1.5:
+        arr = arr.astype(np.float64) / 255.0
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    return np.clip(arr, 0.0, 1.0)
+
+
+def _image_axes(ax: plt.Axes, title: str | None = None, xlabel: str = "x [px]", ylabel: str = "y [px]") -> None:
+    ax.set_title(title or "")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(False)
+    ax.tick_params(labelsize=7)
+
+
+def _map_limits(maps: Sequence[np.ndarray], vmin, vmax) -> tuple[float, float]:
+    if vmin is None:
+        vmin = float(min(m.min() for m in maps))
+    if vmax is None:
+        vmax = float(max(m.max() for m in maps))
+    return vmin, (vmax if vmax > vmin else vmin + 1e-6)
+
+
+def _draw_mask_contour(ax: plt.Axes, mask, colour: str = "white") -> None:
+    mask = to_numpy(mask)
+    if mask is not None and mask.any():
+        ax.contour(mask > 0.5, levels=[0.5], colors=colour, linewidths=1.0)
+
+
+# ----------------------------------------------------------------------------- maps
+def plot_overlay(image, anomaly_map, mask=None, title: str = "Anomaly map", alpha: float = 0.5,
+                 vmin: float | None = None, vmax: float | None = None, score: float | None = None,
+                 mean=OPENAI_MEAN, std=OPENAI_STD, cbar_label: str = "anomaly score") -> plt.Figure:
+    """Image | anomaly map over the image (+ ground-truth contour in white), with a colourbar."""
+    rgb, amap = to_rgb(image, mean, std), to_numpy(anomaly_map)
+    vmin, vmax = _map_limits([amap], vmin, vmax)
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.6), constrained_layout=True)
+    axes[0].imshow(rgb)
+    _draw_mask_contour(axes[0], mask, "red")
+    _image_axes(axes[0], "image" + (" (red: ground truth)" if mask is not None and to_numpy(mask).any() else ""))
+    axes[1].imshow(rgb)
+    im = axes[1].imshow(amap, cmap=MAP_CMAP, alpha=alpha, vmin=vmin, vmax=vmax)
+    _draw_mask_contour(axes[1], mask)
+    _image_axes(axes[1], "overlay" + (f" - image score {score:.2f}" if score is not None else ""))
+    fig.colorbar(im, ax=axes[1], fraction=0.046, label=cbar_label)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_sample_grid(images: Sequence, masks: Sequence | None = None, titles: Sequence[str] | None = None,
+                     title: str = "Samples", mean=OPENAI_MEAN, std=OPENAI_STD) -> plt.Figure:
+    """Images in the first row and their ground-truth masks in the second (if given)."""
+    n = len(images)
+    rows = 2 if masks is not None else 1
+    fig, axes = plt.subplots(rows, n, figsize=(2.2 * n, 2.3 * rows + 0.4), squeeze=False, constrained_layout=True)
+    for j in range(n):
+        axes[0, j].imshow(to_rgb(images[j], mean, std))
+        _image_axes(axes[0, j], titles[j] if titles else None, ylabel="image" if j == 0 else "",
+                    xlabel="" if masks is not None else "x [px]")  # the mask row below carries the x label
+        if masks is not None:
+            mask = masks[j]
+            shown = np.zeros(to_rgb(images[j], mean, std).shape[:2]) if mask is None else to_numpy(mask)
+            axes[1, j].imshow(shown, cmap="gray", vmin=0, vmax=1)
+            _image_axes(axes[1, j], "mask" if mask is not None else "no mask", ylabel="ground truth" if j == 0 else "")
+    fig.suptitle(title)
+    return fig
+
+
+def plot_map_grid(images: Sequence, maps: Mapping[str, Sequence], masks: Sequence | None = None,
+                  titles: Sequence[str] | None = None, title: str = "Anomaly maps", alpha: float = 0.5,
+                  shared_scale: bool = True, mean=OPENAI_MEAN, std=OPENAI_STD,
+                  cbar_label: str = "anomaly score") -> plt.Figure:
+    """Rows: image (with the mask contour), then one overlay row per entry of ``maps``
+    (``{"method": [map per image]}``); one colourbar per row."""
+    n = len(images)
+    rows = 1 + len(maps)
+    fig, axes = plt.subplots(rows, n, figsize=(2.3 * n + 0.8, 2.2 * rows + 0.4), squeeze=False,
+                             constrained_layout=True)
+    rgbs = [to_rgb(im, mean, std) for im in images]
+    for j in range(n):
+        axes[0, j].imshow(rgbs[j])
+        if masks is not None and masks[j] is not None:
+            _draw_mask_contour(axes[0, j], masks[j], "red")
+        _image_axes(axes[0, j], titles[j] if titles else None, ylabel="image" if j == 0 else "")
+    for i, (name, row_maps) in enumerate(maps.items(), start=1):
+        arrays = [to_numpy(m) for m in row_maps]
+        vmin, vmax = _map_limits(arrays, None, None) if shared_scale else (None, None)
+        im = None
+        for j in range(n):
+            axes[i, j].imshow(rgbs[j])
+            lo, hi = (vmin, vmax) if shared_scale else _map_limits([arrays[j]], None, None)
+            im = axes[i, j].imshow(arrays[j], cmap=MAP_CMAP, alpha=alpha, vmin=lo, vmax=hi)
+            if masks is not None and masks[j] is not None:
+                _draw_mask_contour(axes[i, j], masks[j])
+            _image_axes(axes[i, j], None, ylabel=name if j == 0 else "")
+        fig.colorbar(im, ax=list(axes[i]), fraction=0.02, label=cbar_label)
+    fig.suptitle(title)
+    return fig
+
+
+# ----------------------------------------------------------------------------- attention
+def plot_attention(attentions: Mapping[str, "torch.Tensor | np.ndarray"], title: str = "Attention maps",
+                   drop_cls: bool = True, log_scale: bool = False) -> plt.Figure:
+    """Token-to-token attention matrices ``[N, N]`` side by side (``{"Q-K": A, "V-V": A}``), one
+    colourbar each. A prominent diagonal = every token attends to itself (DPAM, paper §3.3)."""
+    n = len(attentions)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False, constrained_layout=True)
+    for ax, (name, attn) in zip(axes[0], attentions.items()):
+        a = to_numpy(attn)
+        if a.ndim == 3:
+            a = a[0]
+        if drop_cls:
+            a = a[1:, 1:]
+        shown = np.log10(a + 1e-6) if log_scale else a
+        im = ax.imshow(shown, cmap=ATTENTION_CMAP)
+        ax.set_title(f"{name}\n(diagonal share {np.trace(a) / a.sum():.2f})")
+        ax.set_xlabel("key token")
+        ax.set_ylabel("query token")
+        ax.grid(False)
+        fig.colorbar(im, ax=ax, fraction=0.046, label="log10 weight" if log_scale else "attention weight")
+    fig.suptitle(title)
+    return fig
+
+
+def plot_attention_rows(image, attentions: Mapping[str, "torch.Tensor | np.ndarray"], query_patches: Sequence[int],
+                        title: str = "Where does a patch look?", mean=OPENAI_MEAN, std=OPENAI_STD,
+                        mask=None) -> plt.Figure:
+    """For each query patch (row-major patch index) and each attention type, the attention row
+    reshaped to the patch grid over the image; the query patch is marked with a white square
+    (and the ground-truth ``mask``, if given, with a red contour)."""
+    rgb = to_rgb(image, mean, std)
+    names = list(attentions)
+    rows, cols = len(query_patches), len(names) + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.6, 2.4 * rows + 0.4), squeeze=False,
+                             constrained_layout=True)
+    for i, patch in enumerate(query_patches):
+        axes[i, 0].imshow(rgb)
+        first = to_numpy(attentions[names[0]])
+        first = first[0] if first.ndim == 3 else first
+        grid = int(round(np.sqrt(first.shape[-1] - 1)))
+        cell = rgb.shape[0] / grid
+        r, c = divmod(patch, grid)
+        axes[i, 0].add_patch(plt.Rectangle((c * cell, r * cell), cell, cell, fill=False, ec="white", lw=2))
+        if mask is not None:
+            _draw_mask_contour(axes[i, 0], mask, "red")
+        _image_axes(axes[i, 0], "query patch" if i == 0 else None, ylabel=f"patch {patch}")
+        for j, name in enumerate(names, start=1):
+            a = to_numpy(attentions[name])
+            a = a[0] if a.ndim == 3 else a
+            row = a[1 + patch, 1:].reshape(grid, grid)
+            axes[i, j].imshow(rgb)
+            im = axes[i, j].imshow(row, cmap=MAP_CMAP, alpha=0.55, extent=(0, rgb.shape[1], rgb.shape[0], 0))
+            _image_axes(axes[i, j], name if i == 0 else None, ylabel="")
+            fig.colorbar(im, ax=axes[i, j], fraction=0.046, label="weight")
+    fig.suptitle(title)
+    return fig
+
+
+# ----------------------------------------------------------------------------- curves
+def plot_roc_curves(curves: Mapping[str, tuple], title: str = "ROC curves") -> plt.Figure:
+    """``{"name": (fpr, tpr)}`` or ``{"name": (fpr, tpr, auroc)}`` -> ROC plot with the chance line."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.2), constrained_layout=True)
+    for name, curve in curves.items():
+        label = f"{name} (AUROC {curve[2]:.2f})" if len(curve) > 2 else name
+        ax.plot(to_numpy(curve[0]), to_numpy(curve[1]), label=label)
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def plot_pro_curves(curves: Mapping[str, tuple], fpr_limit: float = 0.3, title: str = "PRO curves") -> plt.Figure:
+    """``{"name": (fpr, pro)}`` or ``(fpr, pro, aupro)`` -> per-region overlap vs FPR up to ``fpr_limit``."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.2), constrained_layout=True)
+    for name, curve in curves.items():
+        label = f"{name} (AUPRO {curve[2]:.2f})" if len(curve) > 2 else name
+        ax.plot(to_numpy(curve[0]), to_numpy(curve[1]), label=label)
+    ax.axvline(fpr_limit, ls=":", c="grey", lw=1)
+    ax.set(xlabel="false positive rate (normal pixels)", ylabel="per-region overlap (PRO)", title=title,
+           xlim=(0, fpr_limit * 1.05), ylim=(0, 1.02))
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def plot_bars(results: Mapping[str, Mapping[str, float]], title: str = "Ablation", ylabel: str = "score",
+              xlabel: str = "metric", ylim: tuple[float, float] | None = (0.0, 1.0),
+              reference: Mapping[str, Mapping[str, float]] | None = None, fmt: str = "%.2f") -> plt.Figure:
+    """Grouped bar chart: ``{"setting": {"metric": value}}``; bars labelled with ``fmt``.
+    ``reference`` (same shape) is drawn as hatched, labelled bars (numbers not produced here)."""
+    import pandas as pd
+
+    rows = [dict(setting=s, metric=m, value=v, kind="measured") for s, d in results.items() for m, v in d.items()]
+    rows += [dict(setting=f"{s} (reference)", metric=m, value=v, kind="reference")
+             for s, d in (reference or {}).items() for m, v in d.items()]
+    frame = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * frame["metric"].nunique() * (1 + 0.35 * frame["setting"].nunique())), 4.0),
+                           constrained_layout=True)
+    sns.barplot(data=frame, x="metric", y="value", hue="setting", ax=ax)
+    for container, setting in zip(ax.containers, frame["setting"].unique()):
+        ax.bar_label(container, fmt=fmt, fontsize=7, padding=1)
+        if setting.endswith("(reference)"):
+            for bar in container:
+                bar.set_hatch("//")
+                bar.set_alpha(0.6)
+    ax.set(title=title, ylabel=ylabel, xlabel=xlabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=8, title="setting", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def plot_loss_curves(histories: Mapping[str, Sequence[float]], title: str = "Training loss",
+                     xlabel: str = "step", ylabel: str = "loss", smooth: int = 1, logy: bool = False) -> plt.Figure:
+    """One line per run (``{"name": [loss per step]}``), optional moving average of ``smooth`` steps."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
+    for name, values in histories.items():
+        y = np.asarray(to_numpy(list(values)), dtype=float)
+        if smooth > 1 and len(y) >= smooth:
+            y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
+        ax.plot(np.arange(1, len(y) + 1), y, marker="o" if len(y) <= 20 else None, ms=3, label=name)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_k_shot(results: Mapping[str, Mapping[int, Sequence[float]]], title: str = "Few-shot curves",
+                ylabel: str = "image AUROC", reference: Mapping[str, Mapping[int, float]] | None = None,
+                hlines: Mapping[str, float] | None = None) -> plt.Figure:
+    """``{"method": {k: [value per seed]}}`` -> mean line with a min-max band over seeds; optional
+    dashed reference curves (``{"name": {k: value}}``) and horizontal lines (``{"name": value}``)."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.8), constrained_layout=True)
+    for name, per_k in results.items():
+        ks = sorted(per_k)
+        vals = [np.asarray(per_k[k], dtype=float) for k in ks]
+        mean = np.array([v.mean() for v in vals])
+        ax.plot(ks, mean, marker="o", label=f"{name} (mean over {len(vals[0])} seeds)")
+        ax.fill_between(ks, [v.min() for v in vals], [v.max() for v in vals], alpha=0.2)
+    for name, per_k in (reference or {}).items():
+        ks = sorted(per_k)
+        ax.plot(ks, [per_k[k] for k in ks], ls="--", marker="x", label=f"{name} (reference, not produced here)")
+    for name, value in (hlines or {}).items():
+        ax.axhline(value, ls=":", c="grey", label=name)
+    ax.set(title=title, xlabel="k (normal shots)", ylabel=ylabel)
+    ax.set_xticks(sorted({k for d in results.values() for k in d}))
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_score_histogram(scores, labels, title: str = "Image scores", xlabel: str = "anomaly score") -> plt.Figure:
+    """Histogram of image scores of normal vs anomalous images."""
+    scores, labels = to_numpy(scores).ravel(), to_numpy(labels).ravel()
+    fig, ax = plt.subplots(figsize=(5.0, 3.4), constrained_layout=True)
+    bins = np.linspace(scores.min(), scores.max() + 1e-9, 21)
+    for value, name in ((0, "normal"), (1, "anomalous")):
+        ax.hist(scores[labels == value], bins=bins, alpha=0.6, label=f"{name} (n={int((labels == value).sum())})")
+    ax.set(title=title, xlabel=xlabel, ylabel="images")
+    ax.legend(fontsize=8)
+    return fig
+
+
+# ----------------------------------------------------------------------------- tables
+def format_table(rows: Mapping[str, Mapping[str, float]], decimals: int = 2, index_name: str = "setting",
+                 percent: bool = False) -> str:
+    """A plain-text table of ``{"row": {"column": value}}`` with fixed decimals (stable for nbval)."""
+    columns: list[str] = []
+    for values in rows.values():
+        columns += [c for c in values if c not in columns]
+    scale = 100.0 if percent else 1.0
+
+    def cell(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "nan" if not np.isfinite(v) else f"{v * scale:.{decimals}f}"
+        return str(v)
+
+    body = [[str(name)] + [cell(values.get(c, "")) for c in columns] for name, values in rows.items()]
+    header = [index_name] + columns
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    line = lambda r: "  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(header), "-" * (sum(widths) + 2 * (len(widths) - 1))] + [line(r) for r in body])
+
+
+def print_table(rows: Mapping[str, Mapping[str, float]], decimals: int = 2, index_name: str = "setting",
+                title: str | None = None, percent: bool = False) -> None:
+    """Print :func:`format_table` (with an optional title line)."""
+    if title:
+        print(title)
+    print(format_table(rows, decimals, index_name, percent))
+
+
+def defect_patch(mask, grid: int) -> int:
+    """Row-major index of the ``grid x grid`` patch most covered by ``mask`` ``[S, S]`` (0 if empty)."""
+    m = torch.as_tensor(to_numpy(mask), dtype=torch.float32)[None, None]  # [1, 1, S, S]
+    cover = torch.nn.functional.adaptive_avg_pool2d(m, grid).flatten()  # [grid*grid]
+    return int(cover.argmax())
