@@ -64,7 +64,7 @@ def _anomalyclip_builder(preset: str) -> Callable:
         clip = profile.anomalyclip_backbone.build(device, seed=seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return AnomalyCLIP(clip, anomalyclip_config(profile, preset, **changes)).to(device)
+            return AnomalyCLIP(clip, anomalyclip_config(profile, preset, **changes)).to(device).eval()
     return build
 
 
@@ -76,7 +76,7 @@ def _inctrl_builder(profile: Profile, device, seed: int, **changes):
     config = dataclasses.replace(config, **changes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return InCTRL(clip, config).to(device)
+        return InCTRL(clip, config).to(device).eval()
 
 
 BUILDERS: dict[str, Callable] = {name: _anomalyclip_builder(name) for name in PRESETS}
