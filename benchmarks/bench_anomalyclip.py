@@ -73,8 +73,8 @@ def main() -> None:
     for batch in args.batches:
         x = torch.randn(batch, 3, size, size, device=device)
         with torch.no_grad():
-            reference = timed(lambda: plain.encode_image(x), args.repeats, device)
-            ours = timed(lambda: model.predict(x), args.repeats, device)
+            reference = timed(lambda x=x: plain.encode_image(x), args.repeats, device)
+            ours = timed(lambda x=x: model.predict(x), args.repeats, device)
         row = {"batch": batch, "encode_image_s_per_image": statistics.median(reference) / batch,
                "predict_s_per_image": statistics.median(ours) / batch, "encode_runs": reference, "predict_runs": ours}
         row["ratio"] = row["predict_s_per_image"] / row["encode_image_s_per_image"]

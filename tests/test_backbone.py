@@ -112,3 +112,11 @@ def test_local_weight_file_loads_and_a_wrong_one_is_named(tmp_path):
     broken.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="broken.pt"):
         load_clip("ViT-B-32", str(broken), device="cpu")
+
+
+def test_openai_models_get_quick_gelu_from_a_tag_or_a_file():
+    from zsadlab.backbone import _uses_quick_gelu
+
+    assert _uses_quick_gelu("ViT-L-14-336", "openai") and _uses_quick_gelu("ViT-L-14-336", None)
+    assert not _uses_quick_gelu("ViT-B-16-plus-240", "laion400m_e32")
+    assert not _uses_quick_gelu("ViT-B-16-plus-240", None)

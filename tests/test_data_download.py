@@ -14,7 +14,6 @@ import re
 import tarfile
 import threading
 import zipfile
-from pathlib import Path
 
 import pytest
 

@@ -5,7 +5,6 @@ import time
 import pytest
 import torch
 
-from zsadlab.anomalyclip import AnomalyCLIP
 from zsadlab.data import ensure_dataset
 from zsadlab.engine import ResultTable, build_model, dataset_for, evaluate, predict_dataset, train
 from zsadlab.profiles import get_profile

@@ -23,7 +23,7 @@ import socket
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import open_clip
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, build_model_from_openai_state_dict
 
-from .utils import pick_device
+from .utils import load_torch_file, pick_device
 
 WEIGHTS_ENV = "ZSADLAB_CLIP_WEIGHTS"
 OFFLINE_PROBE_SECONDS = 2.0
@@ -184,8 +184,6 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
             is_torchscript = any(n.endswith("constants.pkl") for n in archive.namelist())
         if is_torchscript:  # OpenAI's released .pt files are TorchScript archives
             return torch.jit.load(str(path), map_location="cpu").state_dict()
-    from .utils import load_torch_file
-
     obj = load_torch_file(path, what="CLIP weights")
     obj = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(obj, dict):
@@ -221,6 +219,15 @@ def _offline_message(name: str, pretrained: str) -> str:
     )
 
 
+def _uses_quick_gelu(name: str, pretrained: str | None) -> bool:
+    """QuickGELU for OpenAI weights (open_clip's tag config says so); for a weight file, when the
+    model name has OpenAI weights only (e.g. ViT-L-14-336)."""
+    cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
+    if cfg:
+        return bool(cfg.get("quick_gelu", False))
+    return open_clip.list_pretrained_tags_by_model(name) == ["openai"]
+
+
 def load_clip(name: str, pretrained: str, device: str | torch.device | None = None) -> CLIP:
     """A real CLIP in fp32 and eval mode, from open_clip's cache, a local file, or the hub.
 
@@ -232,8 +239,7 @@ def load_clip(name: str, pretrained: str, device: str | torch.device | None = No
     """
     device = pick_device(str(device) if device is not None else None)
     local = _local_weights_file(pretrained)
-    cfg = {} if local and Path(pretrained or "").is_file() else (open_clip.get_pretrained_cfg(name, pretrained) or {})
-    quick_gelu = bool(cfg.get("quick_gelu", pretrained == "openai"))
+    quick_gelu = _uses_quick_gelu(name, None if local and Path(pretrained or "").is_file() else pretrained)
     if local is None:
         local = cached_weights(name, pretrained)
     if local is None:
@@ -394,16 +400,14 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 # Text tower
 # ---------------------------------------------------------------------------
 
-BlockHook = "Callable[[int, torch.Tensor], torch.Tensor]"
-
-
 def tokenize(texts: Sequence[str] | str) -> torch.Tensor:
     """CLIP BPE token ids ``[P, 77]`` (SOT, text, EOT, zero padding), as the official tokenizers."""
     return open_clip.tokenize(list(texts) if not isinstance(texts, str) else [texts])
 
 
 def encode_text_embeddings(
-    clip: CLIP, embeddings: torch.Tensor, eot_index: torch.Tensor, before_block=None
+    clip: CLIP, embeddings: torch.Tensor, eot_index: torch.Tensor,
+    before_block: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run the text tower on token embeddings and pool at the EOT position.
 
