@@ -120,3 +120,13 @@ def test_openai_models_get_quick_gelu_from_a_tag_or_a_file():
     assert _uses_quick_gelu("ViT-L-14-336", "openai") and _uses_quick_gelu("ViT-L-14-336", None)
     assert not _uses_quick_gelu("ViT-B-16-plus-240", "laion400m_e32")
     assert not _uses_quick_gelu("ViT-B-16-plus-240", None)
+
+
+def test_a_hanging_network_lookup_cannot_delay_the_offline_error(monkeypatch):
+    import zsadlab.backbone as backbone
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(backbone, "_can_connect", lambda *args: time.sleep(30) or True)
+    started = time.monotonic()
+    assert backbone.hub_reachable(timeout=0.5) is False
+    assert time.monotonic() - started < 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,15 +146,27 @@ def cached_weights(name: str, pretrained: str, cache_dir: str | None = None) -> 
     return None
 
 
-def hub_reachable(timeout: float = OFFLINE_PROBE_SECONDS) -> bool:
-    """One short TCP probe of the weight host; ``False`` when offline or ``HF_HUB_OFFLINE`` is set."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
+def _can_connect(host: str, port: int, timeout: float) -> bool:
     try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
+
+
+def hub_reachable(timeout: float = OFFLINE_PROBE_SECONDS) -> bool:
+    """One short TCP probe of the weight host; ``False`` when offline or ``HF_HUB_OFFLINE`` is set.
+
+    The probe runs in a daemon thread so that a DNS lookup that hangs cannot hold us longer
+    than ``timeout`` either.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    answer: list[bool] = []
+    probe = threading.Thread(target=lambda: answer.append(_can_connect("huggingface.co", 443, timeout)), daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return bool(answer and answer[0])
 
 
 def weights_available(name: str, pretrained: str) -> bool:
