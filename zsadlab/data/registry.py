@@ -146,25 +146,19 @@ ENTRIES = [
         "not stated", "head_ct/000.png ... 199.png and labels.csv (columns id, hemorrhage)", convert=cv.headct,
         manual_steps=KAGGLE_STEPS.format(slug="felipekitamura/head-ct-hemorrhage", folder="the folder holding labels.csv"),
     ),
-    DatasetEntry(
-        "brainmri", "BrainMRI", "medical", False,
-        "https://www.kaggle.com/datasets/navoneel/brain-mri-images-for-brain-tumor-detection", "not stated",
-        "yes/* (tumour), no/* (normal)",
-        convert=partial(cv.normal_and_anomalous_folders, normal="no", anomalous="yes", class_name="brain",
-                        defect="tumor"),
-        manual_steps=KAGGLE_STEPS.format(
-            slug="navoneel/brain-mri-images-for-brain-tumor-detection", folder="the folder holding yes/ and no/"
-        ),
-    ),
-    DatasetEntry(
-        "br35h", "Br35H", "medical", False, "https://www.kaggle.com/datasets/ahmedhamada0/brain-tumor-detection",
-        "not stated", "yes/* (tumour), no/* (normal)",
-        convert=partial(cv.normal_and_anomalous_folders, normal="no", anomalous="yes", class_name="brain",
-                        defect="tumor"),
-        manual_steps=KAGGLE_STEPS.format(
-            slug="ahmedhamada0/brain-tumor-detection", folder="the folder holding yes/ and no/"
-        ),
-    ),
+    *[
+        DatasetEntry(
+            name, title, "medical", False, f"https://www.kaggle.com/datasets/{slug}", "not stated",
+            "yes/* (tumour), no/* (normal)",
+            convert=partial(cv.normal_and_anomalous_folders, normal="no", anomalous="yes", class_name="brain",
+                            defect="tumor"),
+            manual_steps=KAGGLE_STEPS.format(slug=slug, folder="the folder holding yes/ and no/"),
+        )
+        for name, title, slug in [
+            ("brainmri", "BrainMRI", "navoneel/brain-mri-images-for-brain-tumor-detection"),
+            ("br35h", "Br35H", "ahmedhamada0/brain-tumor-detection"),
+        ]
+    ],
     DatasetEntry(
         "covid19", "COVID-19 Radiography", "medical", False,
         "https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database", "not stated",
