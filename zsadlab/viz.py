@@ -122,7 +122,7 @@ def to_rgb(image, mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OP
 
 
 def _image_axes(ax: plt.Axes, title: str | None = None, xlabel: str = "x [px]", ylabel: str = "y [px]") -> None:
-    ax.set_title(title or "")
+    ax.set_title(title or "", fontsize="small" if title and len(title) > 16 else None)  # long titles must not collide
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(False)
