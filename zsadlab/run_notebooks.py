@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .utils import write_json_atomic
+from .utils import atomic_path, write_json_atomic
 
 IMAGE_MIME_PREFIXES = ("image/",)
 BASELINE_FIGURES = "build/nbval/figures"
@@ -76,7 +76,8 @@ def _write_sanitised(executed: Path, target: Path) -> None:
 
     nb = nbformat.read(str(executed), as_version=4)
     target.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(sanitise_baseline(nb), str(target))
+    with atomic_path(target) as tmp:
+        nbformat.write(sanitise_baseline(nb), str(tmp))
 
 
 def run(notebooks: Sequence[Path], profile: str, out: Path, figures: str, baselines: Path | None = None,

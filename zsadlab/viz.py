@@ -22,9 +22,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+from .utils import atomic_path
+
+OPENAI_MEAN, OPENAI_STD = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # the images' normalisation (CLIP)
 MAP_CMAP = "jet"  # the papers' anomaly-map colours
 ATTENTION_CMAP = "viridis"
 
@@ -72,8 +74,8 @@ def save_figure(fig: plt.Figure, output_dir: str | os.PathLike | None, name: str
     if not output_dir:
         return None
     path = figure_path(output_dir, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:  # never a half-written PNG
+        fig.savefig(tmp, format="png")
     return path
 
 
