@@ -43,3 +43,15 @@ def test_source_notebook_is_clean(source: Path):
         f"{source.name}: the first code cell must be tagged `parameters`"
     dirty = [i for i, c in enumerate(code) if c.get("outputs") or c.get("execution_count") is not None]
     assert not dirty, f"{source.name}: commit notebooks without outputs (code cells {dirty}); use nbstripout"
+
+
+REQUIRED_PARAMETERS = ("profile", "dataset", "data_root", "device", "seed", "epochs", "image_size", "output_dir",
+                       "show_solutions")
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
+def test_parameters_cell_offers_the_series_parameters(source: Path):
+    cell = next(c for c in nbformat.read(str(source), as_version=4).cells if c.cell_type == "code")
+    names = {line.split("=")[0].strip() for line in cell.source.splitlines() if "=" in line}
+    missing = [p for p in REQUIRED_PARAMETERS if p not in names]
+    assert not missing, f"{source.name}: the parameters cell lacks {missing}"
