@@ -65,3 +65,10 @@ def test_inctrl_predict_without_normal_references_says_what_to_pass(tmp_path, da
     image = next((data_root / "synthetic_ultrasound" / "thyroid" / "test" / "nodule").glob("*.png"))
     assert cli.main(["predict", "--method", "inctrl", "--profile", "smoke", str(image)]) == 2
     assert "--prompts" in capsys.readouterr().err
+
+
+def test_testing_without_a_checkpoint_says_the_prompts_are_untrained(data_root, capsys):
+    assert cli.main(["test", "--method", "clip", "--profile", "smoke", "--data-root", str(data_root)]) == 0
+    assert "untrained" not in capsys.readouterr().err  # the hand-written ensemble has nothing to train
+    assert cli.main(["test", "--profile", "smoke", "--data-root", str(data_root)]) == 0
+    assert "untrained" in capsys.readouterr().err

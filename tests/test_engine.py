@@ -129,3 +129,9 @@ def test_few_shot_on_real_magnetic_tile_without_a_training_split_in_under_two_mi
                              batch_size=32, progress=False)
     assert time.monotonic() - started < 120
     assert 0 <= table.rows[0]["image_auroc"] <= 1 and table.rows[0]["class"] == "magnetic_tile"
+
+
+def test_zero_shot_baselines_refuse_training_with_the_reason(smoke, roots):
+    model = build_model("clip_ac", smoke, device="cpu")
+    with pytest.raises(ValueError, match="nothing to train"):
+        train(model, dataset_for(model, roots["synthetic_industrial"], require_masks=True), epochs=1, progress=False)

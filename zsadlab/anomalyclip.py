@@ -107,6 +107,8 @@ class AnomalyCLIP(nn.Module):
             clip, n_ctx=config.n_ctx, depth=config.depth, t_n_ctx=config.t_n_ctx,
             object_agnostic=config.object_agnostic, deep_prompt_fp16=config.deep_prompt_fp16,
         )
+        if config.text_source == "ensemble":  # hand-written prompts: the learner is unused, nothing trains
+            self.prompt_learner.requires_grad_(False)
         self._ensemble_cache: dict[str, torch.Tensor] = {}
         self._learned_cache: dict[tuple, torch.Tensor] = {}
 

@@ -100,10 +100,18 @@ def _method_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _method_test(args: argparse.Namespace) -> int:
-    profile, model = _model(args)
+def _load_or_warn(model, args: argparse.Namespace) -> None:
+    """Load ``--checkpoint``; without one, say that the trainable parts are at their random init."""
     if args.checkpoint:
         engine.load_checkpoint(model, args.checkpoint)
+    elif any(p.requires_grad for p in model.parameters()):
+        print(f"note: no --checkpoint given: {args.method}'s trainable parts are untrained (random init)",
+              file=sys.stderr)
+
+
+def _method_test(args: argparse.Namespace) -> int:
+    profile, model = _model(args)
+    _load_or_warn(model, args)
     root = ensure_dataset(args.dataset or profile.test_dataset, args.data_root)
     table = engine.test(model, root, shots=args.shots, seeds=args.seeds, out_dir=args.out)
     print(table)
@@ -114,8 +122,7 @@ def _method_test(args: argparse.Namespace) -> int:
 
 def _method_predict(args: argparse.Namespace) -> int:
     profile, model = _model(args)
-    if args.checkpoint:
-        engine.load_checkpoint(model, args.checkpoint)
+    _load_or_warn(model, args)
     written = engine.predict_images(model, args.images, out_dir=args.out, class_name=args.class_name,
                                     prompts=args.prompts)
     print(f"scores in {written['csv']}; {len(written['overlays'])} overlays in {args.out}")

@@ -128,6 +128,9 @@ def train(model: AnomalyCLIP, dataset: AnomalyDataset, epochs: int = 15, batch_s
     atomically; ``resume=True`` continues after the last completed epoch.
     AMP (fp16 autocast + GradScaler) is used on CUDA unless ``amp=False``.
     """
+    if not any(p.requires_grad for p in model.prompt_learner.parameters()):
+        raise ValueError("this model has nothing to train: its text comes from the hand-written prompt ensemble "
+                         "(the clip / clip_ac baselines are zero-shot); train 'anomalyclip' or 'coop' instead")
     device = pick_device(device) if device is not None else _device_of(model)
     model.to(device).train()
     out_dir = Path(out_dir) if out_dir else None
