@@ -121,26 +121,24 @@ ENTRIES = [
             ("endo", "Endo (EndoTect)", "Endo"),
         ]
     ],
-    DatasetEntry(
-        "tn3k", "TN3K (thyroid ultrasound)", "medical", True,
-        "https://github.com/haifangong/TRFE-Net-for-thyroid-nodule-segmentation (Baidu / Google Drive)",
-        "not stated",
-        "trainval-image/, trainval-mask/, test-image/, test-mask/ (only test-* is used; every image is "
-        "anomalous, as the official tn3k.py reads it)",
-        convert=partial(cv.all_anomalous, images="test-image", masks="test-mask", class_name="thyroid",
-                        defect="nodule"),
-        manual_steps="Follow the Baidu / Google Drive link in the TRFE-Net README, unzip, point --raw at tn3k/.",
-    ),
-    DatasetEntry(
-        "tn3k_trainval", "TN3K trainval (for fine-tuning on thyroid ultrasound)", "medical", True,
-        "https://github.com/haifangong/TRFE-Net-for-thyroid-nodule-segmentation (Baidu / Google Drive)",
-        "not stated",
-        "the same raw folder as tn3k; only trainval-image/ and trainval-mask/ are used (every image anomalous, "
-        "with its nodule mask): the training set of the TN3K fine-tuning experiment",
-        convert=partial(cv.all_anomalous, images="trainval-image", masks="trainval-mask", class_name="thyroid",
-                        defect="nodule"),
-        manual_steps="As for tn3k: prepare both from the same raw tn3k/ folder.",
-    ),
+    *[
+        DatasetEntry(
+            name, title, "medical", True,
+            "https://github.com/haifangong/TRFE-Net-for-thyroid-nodule-segmentation (Baidu / Google Drive)",
+            "not stated",
+            f"trainval-image/, trainval-mask/, test-image/, test-mask/ (only {split}-* is used; every image is "
+            f"anomalous, with its nodule mask, as the official tn3k.py reads it){note}",
+            convert=partial(cv.all_anomalous, images=f"{split}-image", masks=f"{split}-mask", class_name="thyroid",
+                            defect="nodule"),
+            manual_steps="Follow the Baidu / Google Drive link in the TRFE-Net README, unzip, point --raw at tn3k/ "
+            "(tn3k and tn3k_trainval are prepared from the same folder).",
+        )
+        for name, title, split, note in [
+            ("tn3k", "TN3K (thyroid ultrasound)", "test", ""),
+            ("tn3k_trainval", "TN3K trainval (fine-tuning on thyroid ultrasound)", "trainval",
+             "; the training set of the TN3K fine-tuning experiment"),
+        ]
+    ],
     DatasetEntry(
         "headct", "HeadCT", "medical", False, "https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
         "not stated", "head_ct/000.png ... 199.png and labels.csv (columns id, hemorrhage)", convert=cv.headct,
