@@ -21,6 +21,17 @@ def test_presets_are_the_paper_baselines():
     assert clip_cfg.global_ln_post and clip_cfg.features == (8,) and clip_cfg.dpam_mode is None
 
 
+def test_default_config_is_the_published_one_block_24_and_lam_4():
+    config = AnomalyCLIPConfig()
+    assert config.features == (24,) and config.lam == 4 and (config.epochs, config.batch_size) == (15, 8)
+
+
+def test_multilayer_preset_uses_four_distinct_blocks_and_is_never_the_default():
+    assert preset_config("anomalyclip_multilayer", AnomalyCLIPConfig()).features == (6, 12, 18, 24)
+    assert preset_config("anomalyclip_multilayer", TINY.replace(features=(8,))).features == (2, 4, 6, 8)
+    assert preset_config("anomalyclip", AnomalyCLIPConfig()).features == (24,)
+
+
 def test_bad_configs_are_refused():
     with pytest.raises(ValueError, match="DPAM mode"):
         AnomalyCLIPConfig(dpam_mode="vk")

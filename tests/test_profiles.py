@@ -4,11 +4,30 @@ import pytest
 from zsadlab.profiles import PROFILES, get_profile
 
 
-def test_full_profile_is_the_papers_setup():
+def test_full_profile_is_the_published_setup_block_24_with_lam_4():
     full = PROFILES["full"]
-    assert (full.anomalyclip_backbone.name, full.anomalyclip_backbone.pretrained) == ("ViT-L-14-336", "openai")
-    assert full.anomalyclip_image_size == 518 and full.anomalyclip_features == (6, 12, 18, 24)
-    assert full.anomalyclip_dpam_blocks == 19 and full.inctrl_layers == (7, 9, 11)
+    backbone, config = full.backbone("anomalyclip"), full.config("anomalyclip")
+    assert (backbone.name, backbone.pretrained) == ("ViT-L-14-336", "openai")
+    assert config.image_size == 518 and config.features == (24,) and config.lam == 4
+    assert config.dpam_blocks == 19 and (config.epochs, config.batch_size) == (15, 8)
+
+
+def test_full_profile_trains_inctrl_with_its_own_recipe_not_anomalyclips():
+    inctrl = PROFILES["full"].config("inctrl")
+    assert (inctrl.epochs, inctrl.batch_size, inctrl.steps_per_epoch) == (10, 16, 100)
+    assert inctrl.layers == (7, 9, 11) and inctrl.image_size == 240
+    assert PROFILES["full"].backbone("inctrl").name == "ViT-B-16-plus-240"
+
+
+def test_smoke_profile_uses_the_final_block_of_its_tiny_backbone():
+    smoke = PROFILES["smoke"]
+    depth = len(smoke.backbone("anomalyclip").build("cpu").visual.transformer.resblocks)
+    assert smoke.config("anomalyclip").features == (depth,)
+
+
+def test_a_method_the_profile_does_not_set_up_is_named():
+    with pytest.raises(ValueError, match="no setup for 'winclip'"):
+        PROFILES["smoke"].config("winclip")
 
 
 def test_auto_without_weights_is_smoke_and_says_so_once(monkeypatch, tmp_path, capsys):
@@ -26,8 +45,8 @@ def test_auto_without_weights_is_smoke_and_says_so_once(monkeypatch, tmp_path, c
 
 def test_smoke_models_build_on_cpu():
     smoke = get_profile("smoke", quiet=True)
-    clip = smoke.anomalyclip_backbone.build("cpu")
-    assert clip.visual.transformer.resblocks.__len__() == max(smoke.anomalyclip_features)
+    clip = smoke.backbone("anomalyclip").build("cpu")
+    assert clip.visual.transformer.resblocks.__len__() == max(smoke.config("anomalyclip").features)
 
 
 def test_unknown_profile_is_refused():

@@ -9,15 +9,23 @@ This module only composes the pieces, each in its own module:
 
 The baselines of the paper's tables are presets of the same model (:data:`PRESETS`):
 CLIP (prompt ensemble, standard image embedding, final layer), CLIP-AC (ensemble text,
-AnomalyCLIP-style multi-layer maps), CoOp (object-aware learnable prompts, no DPAM, no
-deep tokens).
+AnomalyCLIP-style maps), CoOp (object-aware learnable prompts, no DPAM, no deep tokens),
+and ``anomalyclip_multilayer``: four distinct blocks (6/12/18/24 on ViT-L).
+
+**Feature layers.** The default is block 24 alone with ``lam = 4``, the published
+configuration: until April 2025 the official DPAM path appended references to one tensor
+that later blocks updated in place, so its four "multi-scale" maps were four copies of
+block 24; the paper's numbers and the released checkpoints come from that, and the authors
+then switched ``train.sh``/``test.sh`` to ``--features_list 24`` (official commits 2a7c886,
+76b83e1). Four really distinct layers are the ``anomalyclip_multilayer`` preset, never the
+default.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -36,7 +44,8 @@ from .maps import (
     similarity_maps,
 )
 from .prompts import PromptLearner, ensemble_text_features
-from .utils import load_torch_file, save_torch_atomic
+from .errors import CheckpointError, read_checkpoint
+from .utils import save_torch_atomic
 
 TEXT_SOURCES = ("learned", "ensemble")
 
@@ -51,9 +60,10 @@ class AnomalyCLIPConfig:
     prompts (ablation T2). ``loss``: ``"both"``, ``"global"`` or ``"local"``.
     ``text_source="ensemble"`` uses the hand-written prompt ensemble instead of learned prompts;
     ``global_ln_post=True`` uses CLIP's standard image embedding (with ``ln_post``).
+    ``epochs``/``batch_size``: the training recipe of the official ``train.sh`` (15 epochs of 8).
     """
 
-    features: tuple[int, ...] = (6, 12, 18, 24)
+    features: tuple[int, ...] = (24,)
     dpam_blocks: int = 19
     dpam_mode: str | None = "vv"
     n_ctx: int = 12
@@ -68,6 +78,8 @@ class AnomalyCLIPConfig:
     text_source: str = "learned"
     global_ln_post: bool = False
     deep_prompt_fp16: bool = False
+    epochs: int = 15
+    batch_size: int = 8
 
     def __post_init__(self):
         check_mode(self.dpam_mode)
@@ -79,21 +91,34 @@ class AnomalyCLIPConfig:
         return dataclasses.replace(self, **changes)
 
 
-# Named presets: the method and its baselines (applied on top of a profile's sizes/blocks).
-PRESETS: dict[str, dict] = {
-    "anomalyclip": {},
-    "coop": dict(dpam_mode=None, depth=1, object_agnostic=False),
-    "clip_ac": dict(dpam_mode=None, text_source="ensemble"),
-    "clip": dict(dpam_mode=None, text_source="ensemble", global_ln_post=True),
+def quarter_blocks(config: AnomalyCLIPConfig) -> AnomalyCLIPConfig:
+    """Four distinct feature blocks at 1/4, 2/4, 3/4 and all of the final one (6/12/18/24 on ViT-L)."""
+    final = config.features[-1]
+    return config.replace(features=tuple(final * i // 4 for i in (1, 2, 3, 4)))
+
+
+def final_block(config: AnomalyCLIPConfig) -> AnomalyCLIPConfig:
+    """Only the last feature block (plain CLIP reads its final layer)."""
+    return config.replace(features=config.features[-1:])
+
+
+# Named presets: the method and its baselines, as (changes, then a function of the base config).
+PRESETS: dict[str, tuple[dict, Callable[[AnomalyCLIPConfig], AnomalyCLIPConfig] | None]] = {
+    "anomalyclip": ({}, None),
+    "anomalyclip_multilayer": ({}, quarter_blocks),
+    "coop": (dict(dpam_mode=None, depth=1, object_agnostic=False), None),
+    "clip_ac": (dict(dpam_mode=None, text_source="ensemble"), None),
+    "clip": (dict(dpam_mode=None, text_source="ensemble", global_ln_post=True), final_block),
 }
 
 
 def preset_config(name: str, base: AnomalyCLIPConfig) -> AnomalyCLIPConfig:
-    """``base`` with the changes of preset ``name``; the CLIP baseline uses only the final block."""
+    """``base`` (e.g. a profile's config) with the changes of preset ``name``."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    config = base.replace(**PRESETS[name])
-    return config.replace(features=(base.features[-1],)) if name == "clip" else config
+    changes, derive = PRESETS[name]
+    config = base.replace(**changes)
+    return derive(config) if derive else config
 
 
 class AnomalyCLIP(nn.Module):
@@ -202,18 +227,34 @@ class AnomalyCLIP(nn.Module):
         return terms
 
 
-# --- official checkpoints -----------------------------------------------------------
+# --- training and official checkpoints -------------------------------------------------
+
+
+def batch_losses(model: AnomalyCLIP, batch: dict) -> dict[str, torch.Tensor]:
+    """The training step's losses of a collated batch (``image``, ``mask``, ``label``, ``class_name``)."""
+    device = model.clip.visual.proj.device
+    return model.losses(batch["image"].to(device), batch["mask"].to(device), batch["label"].to(device),
+                        batch["class_name"])
+
+
+def make_optimizer(model: AnomalyCLIP, lr: float | None = None,
+                   betas: tuple[float, float] | None = None) -> torch.optim.Optimizer:
+    """The official optimizer: Adam over the prompt learner, lr 1e-3, betas (0.5, 0.999) (train.py)."""
+    if not any(p.requires_grad for p in model.prompt_learner.parameters()):
+        raise ValueError("this model has nothing to train: its text comes from the hand-written prompt ensemble "
+                         "(the clip / clip_ac baselines are zero-shot); train 'anomalyclip' or 'coop' instead")
+    return torch.optim.Adam(model.prompt_learner.parameters(), lr=lr or 1e-3, betas=betas or (0.5, 0.999))
 
 
 def load_official_checkpoint(model: AnomalyCLIP, path: str | Path) -> AnomalyCLIP:
     """Load an official ``{"prompt_learner": state_dict}`` file (e.g. ``epoch_15.pth``) safely."""
-    checkpoint = load_torch_file(path, what="AnomalyCLIP checkpoint")
+    checkpoint = read_checkpoint(path, what="AnomalyCLIP checkpoint")
     if not isinstance(checkpoint, dict) or "prompt_learner" not in checkpoint:
-        raise ValueError(f"{path} is not an AnomalyCLIP checkpoint: expected a dict with key 'prompt_learner'.")
+        raise CheckpointError(f"{path} is not an AnomalyCLIP checkpoint: expected a dict with key 'prompt_learner'.")
     try:
         model.prompt_learner.load_state_dict(checkpoint["prompt_learner"])
     except RuntimeError as err:
-        raise ValueError(
+        raise CheckpointError(
             f"the prompt learner in {path} does not fit this model ({err.args[0].splitlines()[0]}). "
             "Check n_ctx / depth / t_n_ctx and the backbone width against the checkpoint."
         ) from None
@@ -224,3 +265,8 @@ def save_official_checkpoint(model: AnomalyCLIP, path: str | Path) -> Path:
     """Write ``{"prompt_learner": state_dict}`` atomically, the official format."""
     state = {k: v.detach().cpu() for k, v in model.prompt_learner.state_dict().items()}
     return save_torch_atomic({"prompt_learner": state}, path)
+
+
+def save_epoch_checkpoint(model: AnomalyCLIP, out_dir: str | Path, epoch: int) -> Path:
+    """``out_dir/epoch_<epoch>.pth``, the official file name (train.py, ``--save_freq 1``)."""
+    return save_official_checkpoint(model, Path(out_dir) / f"epoch_{epoch}.pth")

@@ -40,9 +40,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import fewshot
 from .backbone import block_tokens, freeze, grid_size, pooled_image_embedding
+from .data import collate
+from .errors import CheckpointError, read_checkpoint
 from .prompts import inctrl_prompt_texts, mean_text_feature
-from .utils import load_torch_file, save_torch_atomic
+from .utils import save_torch_atomic
 
 HEAD_PREFIXES = ("adapter.", "diff_head.", "diff_head_ref.")
 BACKBONE_PREFIX = "clip."
@@ -62,9 +65,9 @@ class InCTRLConfig:
     shots: int = 2  # training prompts per query (official default)
     lr: float = 1e-3  # AdamW, betas (0.9, 0.999), eps 1e-8 (fixtures §3.9)
     weight_decay: float = 0.01
-    batch_size: int = 16  # 8 normal + 8 anomalous per training batch
-    epochs: int = 10
-    steps_per_epoch: int = 100
+    batch_size: int = 16  # 8 normal + 8 anomalous per training batch (cfg.TRAIN.BATCH_SIZE)
+    epochs: int = 10  # official engine_IC.train: range(start_epoch, 10)
+    steps_per_epoch: int = 100  # official BalancedBatchSampler: 100 batches per epoch
 
 
 # ---------------------------------------------------------------------------
@@ -335,11 +338,55 @@ class InCTRL(nn.Module):
 # ---------------------------------------------------------------------------
 
 
-def make_optimizer(model: InCTRL) -> torch.optim.Optimizer:
-    """The official optimizer: AdamW over the trainable parameters, lr 1e-3, wd 0.01 (fixtures §3.9)."""
+def make_optimizer(model: InCTRL, lr: float | None = None,
+                   betas: tuple[float, float] | None = None) -> torch.optim.Optimizer:
+    """The official optimizer: AdamW over the trainable parameters, lr 1e-3, betas (0.9, 0.999),
+    wd 0.01 (fixtures §3.9); ``lr`` / ``betas`` override the config's."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(trainable, lr=model.config.lr, betas=(0.9, 0.999), eps=1e-8,
+    return torch.optim.AdamW(trainable, lr=lr or model.config.lr, betas=betas or (0.9, 0.999), eps=1e-8,
                              weight_decay=model.config.weight_decay)
+
+
+class PromptedQueries(torch.utils.data.Dataset):
+    """Training items keyed ``(query, prompt_1, ..., prompt_K)``: the query and its K normal prompt images."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, ...]) -> dict:
+        item = dict(self.dataset[key[0]])
+        item["prompts"] = torch.stack([self.dataset[i]["image"] for i in key[1:]])  # [K, 3, S, S]
+        return item
+
+
+def training_plan(model: InCTRL, dataset, batch_size: int, seed: int, steps_per_epoch: int | None = None,
+                  shots: int | None = None) -> list[list[tuple[int, ...]]]:
+    """One epoch of the official ``BalancedBatchSampler`` (fixtures §3.9): ``steps`` batches of
+    ``(query, prompts...)`` keys, half normal then half anomalous, each query with ``shots``
+    seeded normal prompts of its class (never itself)."""
+    rng = np.random.default_rng(seed)
+    labels = [s.label for s in dataset.samples]
+    names = [s.class_name for s in dataset.samples]
+    steps, shots = steps_per_epoch or model.config.steps_per_epoch, shots or model.config.shots
+    batches = fewshot.balanced_batches(labels, batch_size, steps, rng)
+    return [[(query, *prompts) for query, prompts in zip(batch, fewshot.sample_prompt_indices(
+        batch, labels, names, shots, rng).tolist())] for batch in batches]
+
+
+def collate_prompted(items: list[dict]) -> dict:
+    """:func:`~zsadlab.data.collate` plus ``prompts`` ``[B, K, 3, S, S]``."""
+    return {**collate(items), "prompts": torch.stack([it["prompts"] for it in items])}
+
+
+def batch_losses(model: InCTRL, batch: dict) -> dict[str, torch.Tensor]:
+    """The official loss of a collated training batch: ``total`` = sum of the two focal terms."""
+    device = model.clip.text_projection.device
+    out = model(batch["image"].to(device), batch["prompts"].to(device), batch["class_name"])
+    terms = model.loss_terms(out, batch["label"].to(device))
+    return {"total": sum(terms.values()), **terms}
 
 
 def train_step(model: InCTRL, optimizer: torch.optim.Optimizer, queries: torch.Tensor, prompts: torch.Tensor,
@@ -404,13 +451,23 @@ def save_checkpoint(model: InCTRL, path: str | os.PathLike, epoch: int | None = 
     return save_torch_atomic({"model_state": official_state_dict(model), "epoch": epoch}, path)
 
 
+def save_epoch_checkpoint(model: InCTRL, out_dir: str | os.PathLike, epoch: int) -> Path:
+    """``out_dir/checkpoint_<epoch>.pyth``, the official per-epoch file name (engine_IC.train)."""
+    return save_checkpoint(model, Path(out_dir) / f"checkpoint_{epoch}.pyth", epoch=epoch)
+
+
 def load_checkpoint(model: InCTRL, path: str | os.PathLike) -> InCTRL:
     """Load an official-format checkpoint (``{"model_state": ...}`` or a bare state dict) into ``model``.
 
-    A ``module.`` prefix (checkpoints saved from multi-GPU training) is removed.
+    A ``module.`` prefix (checkpoints saved from multi-GPU training) is removed. Problems raise
+    :class:`~zsadlab.errors.CheckpointError` naming the file.
     """
-    obj = load_torch_file(path, what="InCTRL checkpoint")
+    obj = read_checkpoint(path, what="InCTRL checkpoint")
     if not isinstance(obj, dict):
-        raise ValueError(f"InCTRL checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+        raise CheckpointError(f"InCTRL checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     state = obj.get("model_state", obj)
-    return load_official_state_dict(model, {k.removeprefix("module."): v for k, v in state.items()})
+    try:
+        return load_official_state_dict(model, {k.removeprefix("module."): v for k, v in state.items()})
+    except KeyError as err:
+        raise CheckpointError(f"{path}: {err.args[0]}. Check the backbone and image size against the checkpoint.") \
+            from None

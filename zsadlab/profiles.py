@@ -1,18 +1,21 @@
 """Run profiles: ``full`` (real CLIP weights, real datasets, GPU) and ``smoke`` (tiny CPU models).
 
-A profile only *chooses* things - backbones, image sizes, feature blocks,
-datasets, epochs. Both profiles run exactly the same code paths; the methods
-never branch on the profile. ``auto`` picks ``full`` when the real AnomalyCLIP
+A profile only *chooses* things: per method family a backbone and a config
+(image size, feature blocks, training recipe), and the default datasets. Both
+profiles run exactly the same code paths; the methods never branch on the profile. ``auto`` picks ``full`` when the real AnomalyCLIP
 weights are on disk and ``smoke`` otherwise, with a banner printed once.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 
+from .anomalyclip import AnomalyCLIPConfig
 from .backbone import TINY_CLIPS, load_clip, tiny_clip, weights_available
+from .inctrl import InCTRLConfig
 
 TINY_PREFIX = "tiny-"
 
@@ -39,65 +42,105 @@ class Backbone:
 
 
 @dataclass(frozen=True)
+class MethodSetup:
+    """What a profile chooses for one method family: its backbone and its config (sizes, blocks, recipe)."""
+
+    backbone: Backbone
+    config: Any  # the method's config dataclass, e.g. AnomalyCLIPConfig
+
+
+@dataclass(frozen=True)
 class Profile:
-    """Everything that differs between a real run and a CPU smoke run."""
+    """Everything that differs between a real run and a CPU smoke run, chosen per method.
+
+    ``profile.config("inctrl")`` is the InCTRL config at this profile's sizes and recipe,
+    ``profile.backbone("inctrl")`` its CLIP. No field belongs to two methods; AnomalyCLIP's
+    presets (clip, clip_ac, coop, ...) start from the ``"anomalyclip"`` setup.
+    """
 
     name: str
-    anomalyclip_backbone: Backbone
-    anomalyclip_image_size: int
-    anomalyclip_features: tuple[int, ...]
-    anomalyclip_dpam_blocks: int
-    inctrl_backbone: Backbone
-    inctrl_image_size: int
-    inctrl_layers: tuple[int, ...]
+    setups: Mapping[str, MethodSetup]
     train_dataset: str
     test_dataset: str
-    epochs: int  # AnomalyCLIP training
-    batch_size: int
-    inctrl_epochs: int
-    inctrl_batch_size: int  # half normal, half anomalous
-    inctrl_steps_per_epoch: int
     meaningful: bool  # are its numbers comparable with the papers?
+
+    def setup(self, method: str) -> MethodSetup:
+        if method not in self.setups:
+            raise ValueError(f"profile {self.name!r} has no setup for {method!r}; it has {sorted(self.setups)}")
+        return self.setups[method]
+
+    def config(self, method: str):
+        """The config dataclass of ``method`` ("anomalyclip", "inctrl") at this profile's sizes and recipe."""
+        return self.setup(method).config
+
+    def backbone(self, method: str) -> Backbone:
+        """The CLIP that ``method`` runs on in this profile."""
+        return self.setup(method).backbone
+
+    # Read-only aliases of the former flat fields, kept because the notebooks read them.
+    # ``epochs`` / ``batch_size`` are AnomalyCLIP's recipe: use ``config("inctrl")`` for InCTRL's.
+    @property
+    def epochs(self) -> int:
+        return self.config("anomalyclip").epochs
+
+    @property
+    def batch_size(self) -> int:
+        return self.config("anomalyclip").batch_size
+
+    @property
+    def anomalyclip_backbone(self) -> Backbone:
+        return self.backbone("anomalyclip")
+
+    @property
+    def anomalyclip_image_size(self) -> int:
+        return self.config("anomalyclip").image_size
+
+    @property
+    def anomalyclip_features(self) -> tuple[int, ...]:
+        return self.config("anomalyclip").features
+
+    @property
+    def anomalyclip_dpam_blocks(self) -> int:
+        return self.config("anomalyclip").dpam_blocks
+
+    @property
+    def inctrl_backbone(self) -> Backbone:
+        return self.backbone("inctrl")
+
+    @property
+    def inctrl_image_size(self) -> int:
+        return self.config("inctrl").image_size
 
 
 PROFILES: dict[str, Profile] = {
-    # SPEC §1-2: ViT-L-14-336 (OpenAI) at 518 px, features 6/12/18/24, DPAM on the last 19 blocks;
-    # InCTRL on ViT-B-16-plus-240 (LAION-400M e32) at 240 px, layers 7/9/11.
+    # SPEC §1-2: ViT-L-14-336 (OpenAI) at 518 px, block 24 with lam 4 (the published configuration),
+    # DPAM on the last 19 blocks, 15 epochs of 8; InCTRL on ViT-B-16-plus-240 (LAION-400M e32) at 240 px,
+    # layers 7/9/11, 10 epochs of 100 balanced batches of 16.
     "full": Profile(
         name="full",
-        anomalyclip_backbone=Backbone("ViT-L-14-336", "openai"),
-        anomalyclip_image_size=518,
-        anomalyclip_features=(6, 12, 18, 24),
-        anomalyclip_dpam_blocks=19,
-        inctrl_backbone=Backbone("ViT-B-16-plus-240", "laion400m_e32"),
-        inctrl_image_size=240,
-        inctrl_layers=(7, 9, 11),
+        setups={
+            "anomalyclip": MethodSetup(Backbone("ViT-L-14-336", "openai"), AnomalyCLIPConfig()),
+            "inctrl": MethodSetup(Backbone("ViT-B-16-plus-240", "laion400m_e32"), InCTRLConfig()),
+        },
         train_dataset="mvtec",
         test_dataset="visa",
-        epochs=15,
-        batch_size=8,
-        inctrl_epochs=10,
-        inctrl_batch_size=16,
-        inctrl_steps_per_epoch=100,
         meaningful=True,
     ),
     # The fixtures' tiny architectures, random weights: same code paths, CPU, minutes.
     "smoke": Profile(
         name="smoke",
-        anomalyclip_backbone=Backbone(TINY_PREFIX + "anomalyclip"),
-        anomalyclip_image_size=TINY_CLIPS["anomalyclip"].vision["image_size"],
-        anomalyclip_features=(2, 4, 6, 8),
-        anomalyclip_dpam_blocks=5,
-        inctrl_backbone=Backbone(TINY_PREFIX + "inctrl"),
-        inctrl_image_size=TINY_CLIPS["inctrl"].vision["image_size"],
-        inctrl_layers=(7, 9, 11),
+        setups={
+            "anomalyclip": MethodSetup(
+                Backbone(TINY_PREFIX + "anomalyclip"),
+                AnomalyCLIPConfig(features=(8,), dpam_blocks=5, image_size=TINY_CLIPS["anomalyclip"].vision["image_size"],
+                                  epochs=1, batch_size=4)),
+            "inctrl": MethodSetup(
+                Backbone(TINY_PREFIX + "inctrl"),
+                InCTRLConfig(image_size=TINY_CLIPS["inctrl"].vision["image_size"], epochs=1, batch_size=8,
+                             steps_per_epoch=6)),
+        },
         train_dataset="synthetic_industrial",
         test_dataset="synthetic_ultrasound",
-        epochs=1,
-        batch_size=4,
-        inctrl_epochs=1,
-        inctrl_batch_size=8,
-        inctrl_steps_per_epoch=6,
         meaningful=False,
     ),
 }
@@ -121,7 +164,7 @@ def get_profile(name: str = "auto", quiet: bool = False) -> Profile:
     machine, else ``smoke``. Choosing smoke prints :data:`SMOKE_BANNER` once per process.
     """
     if name == "auto":
-        name = "full" if PROFILES["full"].anomalyclip_backbone.available() else "smoke"
+        name = "full" if PROFILES["full"].backbone("anomalyclip").available() else "smoke"
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES) + ['auto']}")
     profile = PROFILES[name]
