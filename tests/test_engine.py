@@ -96,7 +96,7 @@ def test_inctrl_training_updates_only_heads_and_resumes(smoke, roots, tmp_path):
     history = train_inctrl(resumed, data, epochs=2, steps_per_epoch=2, batch_size=4, out_dir=tmp_path,
                            progress=False)
     assert history["total"][:2] == first["total"] and len(history["epoch_total"]) == 2
-    assert (tmp_path / "checkpoint.pt").is_file()
+    assert (tmp_path / "checkpoint_1.pyth").is_file() and (tmp_path / "checkpoint_2.pyth").is_file()
 
 
 def test_few_shot_table_is_reproducible_and_spreads_over_seeds(smoke, roots, tmp_path):

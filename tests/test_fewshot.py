@@ -4,14 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from zsadlab.fewshot import (
-    balanced_batches,
-    load_or_sample_prompt_set,
-    normal_indices_by_class,
-    prompt_set_path,
-    sample_prompt_indices,
-    sample_prompt_paths,
-)
+from zsadlab.engine import load_or_sample_prompt_set, prompt_set_path
+from zsadlab.fewshot import balanced_batches, normal_indices_by_class, sample_prompt_indices, sample_prompt_paths
 
 #            0         1         2         3         4        5        6        7        8
 CLASSES = ["bottle", "bottle", "bottle", "bottle", "screw", "screw", "screw", "bottle", "screw"]

@@ -8,24 +8,21 @@ and the official training batches (:func:`balanced_batches`):
   (unseeded ``random.sample``) the draw is seeded and never picks the query itself.
 * **Evaluation** - one fixed set of ``k`` normal images per (dataset, class, k,
   seed), shared by every test query of that class. The authors distribute theirs
-  as tensors without the sampling code; here the set is drawn once, saved as a
-  JSON list of image paths (:func:`load_or_sample_prompt_set`) and reused, so
-  every run and every reader sees the same prompts.
+  as tensors without the sampling code; here the set is a function of the set of
+  candidate paths and the seed (:func:`sample_prompt_paths`); the engine saves it
+  as a JSON list of image paths and reuses it, so every run and every reader sees
+  the same prompts (this module writes no files).
 
 The helpers take plain sequences (paths, labels, class names), so they work
 with ``AnomalyDataset.samples`` or any list.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-
-from .utils import write_json_atomic
 
 
 def normal_indices_by_class(labels: Sequence[int], class_names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -67,33 +64,6 @@ def sample_prompt_paths(normal_paths: Sequence[str | os.PathLike], shots: int, s
         raise ValueError(f"{shots}-shot prompts need {shots} normal images, only {len(pool)} given")
     picked = np.random.default_rng(seed).choice(len(pool), size=shots, replace=False)
     return [pool[i] for i in picked]
-
-
-def prompt_set_path(directory: str | os.PathLike, dataset: str, class_name: str, shots: int, seed: int) -> Path:
-    """Where the evaluation prompt set of (dataset, class, k, seed) is stored."""
-    return Path(directory) / dataset / f"{class_name}_k{shots}_seed{seed}.json"
-
-
-def load_or_sample_prompt_set(directory: str | os.PathLike, dataset: str, class_name: str, shots: int, seed: int,
-                              normal_paths: Sequence[str | os.PathLike]) -> list[str]:
-    """The evaluation prompt paths of (dataset, class, k, seed): read if saved, else sampled and saved.
-
-    The file (atomic JSON) records its key and the paths; a file whose key or
-    number of paths does not match raises ``ValueError`` rather than being
-    silently replaced. ``normal_paths`` are the candidates (normal training
-    images of the class) and are only read when the set does not exist yet; pass
-    paths relative to the dataset root to keep the file valid when the data moves.
-    """
-    path = prompt_set_path(directory, dataset, class_name, shots, seed)
-    key = {"dataset": dataset, "class_name": class_name, "shots": shots, "seed": seed}
-    if path.exists():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if {k: saved.get(k) for k in key} != key or len(saved.get("paths", ())) != shots:
-            raise ValueError(f"prompt set {path} does not hold {key} with {shots} paths; delete it to resample")
-        return list(saved["paths"])
-    paths = sample_prompt_paths(normal_paths, shots, seed)
-    write_json_atomic({**key, "paths": paths}, path)
-    return paths
 
 
 def _endless_permutations(indices: np.ndarray, rng: np.random.Generator) -> Iterator[int]:

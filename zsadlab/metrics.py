@@ -15,9 +15,21 @@ AUPRO comes in two flavours, chosen with ``method``:
   ``metrics.cal_pro_score`` (itself from cflow-ad), needed to compare with the paper's
   tables like for like, see :func:`anomalyclip_pro_curve`.
 
-Bad inputs raise ``ValueError`` saying what is wrong and what to pass instead.
+Bad inputs raise ``ValueError`` saying what is wrong and what to pass instead. A metric that
+has no value on valid inputs (one label only, no anomalous pixel) raises the subclass
+:class:`UndefinedMetricError`, so that a result table can mark that cell undefined while
+any other error (NaN scores, wrong shapes) still stops the run.
+
+:data:`METRICS` is the registry the result tables choose their columns from, by name:
+each :class:`Metric` is image level (``f(scores [N], labels [N])``) or pixel level
+(``f(maps [N, H, W], masks [N, H, W])``). Adding a metric = a function + one
+:func:`register_metric` call.
 """
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import scipy.ndimage
@@ -30,6 +42,10 @@ ANOMALYCLIP_STEPS = 200  # cal_pro_score(max_step=200) in the official metrics.p
 # 8-connectivity inside each image, never across images of the stack: [3, 3, 3]
 _CONNECT_8_PER_IMAGE = np.zeros((3, 3, 3), dtype=bool)
 _CONNECT_8_PER_IMAGE[1] = True
+
+
+class UndefinedMetricError(ValueError):
+    """The metric has no value on these (valid) inputs, e.g. a set with one label only."""
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -100,7 +116,7 @@ def _pixel_inputs(maps, masks) -> tuple[np.ndarray, np.ndarray]:
 def _both_classes(labels: np.ndarray, what: str) -> None:
     if labels.all() or not labels.any():
         only = "anomalous (1)" if labels.all() else "normal (0)"
-        raise ValueError(
+        raise UndefinedMetricError(
             f"{what} needs both normal (0) and anomalous (1) samples, but all are {only}; "
             "evaluate on a set that contains both.")
 
@@ -170,10 +186,10 @@ def _regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
     """
     labels, n_regions = scipy.ndimage.label(masks, structure=_CONNECT_8_PER_IMAGE)
     if n_regions == 0:
-        raise ValueError("AUPRO needs at least one anomalous pixel in masks, found none: PRO is "
+        raise UndefinedMetricError("AUPRO needs at least one anomalous pixel in masks, found none: PRO is "
                          "undefined on an all-normal set. Evaluate such a set with image metrics only.")
     if masks.all():
-        raise ValueError("AUPRO needs normal pixels (mask 0) to measure a false-positive rate; "
+        raise UndefinedMetricError("AUPRO needs normal pixels (mask 0) to measure a false-positive rate; "
                          "every pixel of masks is anomalous.")
     return labels, n_regions
 
@@ -287,7 +303,7 @@ def anomalyclip_pro_curve(maps, masks) -> tuple[np.ndarray, np.ndarray, np.ndarr
     maps, masks = _pixel_inputs(maps, masks)
     low, high = maps.min(), maps.max()
     if low == high:
-        raise ValueError("maps are constant; the AnomalyCLIP AUPRO needs at least two distinct scores.")
+        raise UndefinedMetricError("maps are constant; the AnomalyCLIP AUPRO needs at least two distinct scores.")
     thresholds = np.arange(low, high, (high - low) / ANOMALYCLIP_STEPS)  # [T]
     labels, n_regions = _regions(masks)  # [N, H, W]
     n_t = thresholds.size
@@ -307,7 +323,7 @@ def _anomalyclip_aupro(maps, masks, fpr_limit: float) -> float:
     kept = fpr < fpr_limit
     fpr, pro = fpr[kept], pro[kept]
     if np.unique(fpr).size < 2:
-        raise ValueError(f"fewer than two distinct FPRs below {fpr_limit} among the "
+        raise UndefinedMetricError(f"fewer than two distinct FPRs below {fpr_limit} among the "
                          f"{ANOMALYCLIP_STEPS} thresholds: the AnomalyCLIP AUPRO is undefined here.")
     fpr = (fpr - fpr.min()) / (fpr.max() - fpr.min())
     return float(sklearn.metrics.auc(fpr, pro))
@@ -332,3 +348,44 @@ def aupro(maps, masks, fpr_limit: float = 0.3, method: str = "mvtec") -> float:
         return _anomalyclip_aupro(maps, masks, fpr_limit)
     fpr, pro = pro_curve(maps, masks, fpr_limit)
     return float(np.trapezoid(pro, fpr) / fpr_limit)
+
+
+# ----------------------------------------------------------------------------- the registry
+LEVELS = ("image", "pixel")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named metric of one level: image ``f(scores [N], labels [N])`` or pixel ``f(maps, masks)``."""
+
+    name: str
+    level: str
+    function: Callable[..., float]
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(name: str, level: str, function: Callable[..., float]) -> Metric:
+    """Add a metric to :data:`METRICS` (replacing one of the same name) and return it."""
+    if level not in LEVELS:
+        raise ValueError(f"metric level must be one of {LEVELS}, got {level!r}")
+    METRICS[name] = Metric(name, level, function)
+    return METRICS[name]
+
+
+def get_metric(name: str) -> Metric:
+    """The registered metric called ``name``."""
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; choose one of {sorted(METRICS)}")
+    return METRICS[name]
+
+
+register_metric("image_auroc", "image", image_auroc)
+register_metric("image_ap", "image", image_ap)
+register_metric("image_f1_max", "image", f1_max)
+register_metric("pixel_auroc", "pixel", pixel_auroc)
+register_metric("pixel_ap", "pixel", pixel_ap)
+register_metric("pixel_f1_max", "pixel", f1_max)
+register_metric("aupro_mvtec", "pixel", functools.partial(aupro, method="mvtec"))
+register_metric("aupro_anomalyclip", "pixel", functools.partial(aupro, method="anomalyclip"))

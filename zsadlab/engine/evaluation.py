@@ -1,0 +1,248 @@
+"""Predictions over a dataset, per-class result tables and the few-shot evaluation protocol.
+
+* :func:`predict_dataset` - scores and maps of every image of a dataset;
+* :func:`evaluate` - the zero-shot table: metrics (chosen by name from
+  :data:`zsadlab.metrics.METRICS`) per class, then their mean;
+* :func:`evaluate_fewshot` - the few-shot table: per class, image metrics as the mean and
+  std over prompt-sampling seeds, with the prompt sets saved and reused (files live here,
+  not in the concept module :mod:`zsadlab.fewshot`);
+* :func:`test` - "the method's evaluation protocol", whatever the method.
+
+A cell whose metric is undefined for its class (one label only, no masks) is NaN, shown as
+``-`` and written as ``null`` in JSON; the mean skips it and the table says how many classes
+each mean covers. Any other metric error (NaN scores, bad shapes) raises.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .. import fewshot
+from ..data import AnomalyDataset, DatasetError, collate
+from ..errors import UserError
+from ..metrics import UndefinedMetricError, get_metric
+from ..utils import pick_device, write_json_atomic, write_text_atomic
+from .building import dataset_for, device_of, method_of
+
+METRIC_COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro_mvtec", "aupro_anomalyclip")
+FEWSHOT_METRICS = ("image_auroc", "image_ap")
+
+
+# --- predictions ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_dataset(model, dataset: AnomalyDataset, batch_size: int = 8, device=None,
+                    progress: bool = True) -> dict:
+    """Scores and maps of every image: ``scores`` [N], ``maps`` [N, S, S] float32 (``None`` for a
+    model without maps), ``masks`` [N, S, S] uint8, ``has_mask`` [N], ``labels`` [N],
+    ``class_names``, ``paths`` (lists)."""
+    device = pick_device(device) if device is not None else device_of(model)
+    model.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    parts: dict[str, list] = {k: [] for k in ("scores", "maps", "masks", "has_mask", "labels", "class_names", "paths")}
+    for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
+        scores, maps = model.predict(batch["image"].to(device), batch["class_name"])
+        parts["scores"].append(scores.float().cpu().numpy())
+        parts["maps"].append(None if maps is None else maps.float().cpu().numpy())
+        parts["masks"].append(batch["mask"].numpy().astype(np.uint8))
+        parts["has_mask"].append(batch["has_mask"].numpy())
+        parts["labels"].append(batch["label"].numpy())
+        parts["class_names"] += batch["class_name"]
+        parts["paths"] += batch["path"]
+    maps = parts.pop("maps")
+    pred = {k: (np.concatenate(v) if k not in ("class_names", "paths") else v) for k, v in parts.items()}
+    pred["maps"] = None if any(m is None for m in maps) else np.concatenate(maps)
+    return pred
+
+
+# --- metrics and tables -----------------------------------------------------------------------
+
+
+def metric_value(name: str, pred: dict) -> float:
+    """Metric ``name`` of a prediction dict; NaN where it is undefined (one label only, no masks)."""
+    metric = get_metric(name)
+    if metric.level == "image":
+        inputs = (pred["scores"], pred["labels"])
+    else:
+        pixel = pred["has_mask"].astype(bool)
+        if pred["maps"] is None or not pixel.any():
+            return math.nan
+        inputs = (pred["maps"][pixel], pred["masks"][pixel])
+    try:
+        return float(metric.function(*inputs))
+    except UndefinedMetricError:
+        return math.nan
+
+
+def class_metrics(pred: dict, columns: Sequence[str] = METRIC_COLUMNS) -> dict[str, float]:
+    """``{metric name: value}`` for one set of predictions, undefined cells NaN."""
+    return {name: metric_value(name, pred) for name in columns}
+
+
+def _finite_or_none(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+@dataclass
+class ResultTable:
+    """Per-class results plus their mean: prints as a table, saves as CSV or JSON (no pandas)."""
+
+    rows: list[dict] = field(default_factory=list)  # each {"class": name, metric: value, ...}
+    columns: tuple[str, ...] = METRIC_COLUMNS
+
+    def covered(self, column: str) -> int:
+        """How many classes have a defined value in ``column`` (the mean is over those)."""
+        return sum(not math.isnan(r[column]) for r in self.rows)
+
+    @property
+    def mean(self) -> dict:
+        """The mean over classes of each column, skipping undefined (NaN) entries."""
+        means = {}
+        for col in self.columns:
+            values = [r[col] for r in self.rows if not math.isnan(r[col])]
+            means[col] = float(np.mean(values)) if values else math.nan
+        return {"class": "mean", **means}
+
+    @property
+    def coverage(self) -> dict[str, int]:
+        """``{column: classes covered}`` for the columns whose mean skips classes."""
+        return {c: self.covered(c) for c in self.columns if self.covered(c) < len(self.rows)}
+
+    def __str__(self) -> str:
+        header = ["class", *self.columns]
+        lines = [header] + [[r["class"]] + [f"{100 * r[c]:.1f}" if not math.isnan(r[c]) else "-" for c in self.columns]
+                            for r in [*self.rows, self.mean]]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        text = "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines)
+        skipped = ", ".join(f"{c} over {n}/{len(self.rows)}" for c, n in self.coverage.items())
+        return text + (f"\n(undefined cells '-' are left out of the mean: {skipped} classes)" if skipped else "")
+
+    def _repr_html_(self) -> str:
+        return "<pre>" + str(self) + "</pre>"
+
+    def to_csv(self, path: str | Path) -> Path:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["class", *self.columns])
+        writer.writeheader()
+        writer.writerows([*self.rows, self.mean])
+        return write_text_atomic(buffer.getvalue(), path)
+
+    def to_json(self, path: str | Path) -> Path:
+        """``{"rows", "mean", "classes", "covered"}``; undefined cells are ``null``."""
+        clean = [{k: _finite_or_none(v) for k, v in r.items()} for r in [*self.rows, self.mean]]
+        return write_json_atomic({"rows": clean[:-1], "mean": clean[-1], "classes": len(self.rows),
+                                  "covered": {c: self.covered(c) for c in self.columns}}, path)
+
+
+def evaluate(model, dataset: AnomalyDataset, batch_size: int = 8, device=None, progress: bool = True,
+             columns: Sequence[str] = METRIC_COLUMNS) -> ResultTable:
+    """Per-class table over ``dataset`` (official protocol: metrics per class, then the mean)."""
+    table = ResultTable(columns=tuple(columns))
+    for class_name in tqdm(dataset.classes, desc="classes", disable=not progress, leave=False):
+        pred = predict_dataset(model, dataset.subset(class_name), batch_size, device, progress=False)
+        table.rows.append({"class": class_name, **class_metrics(pred, columns)})
+    return table
+
+
+# --- few-shot ------------------------------------------------------------------------------------
+
+
+def prompt_set_path(directory: str | Path, dataset: str, class_name: str, shots: int, seed: int) -> Path:
+    """Where the evaluation prompt set of (dataset, class, k, seed) is stored."""
+    return Path(directory) / dataset / f"{class_name}_k{shots}_seed{seed}.json"
+
+
+def load_or_sample_prompt_set(directory: str | Path, dataset: str, class_name: str, shots: int, seed: int,
+                              normal_paths: Sequence[str]) -> list[str]:
+    """The evaluation prompt paths of (dataset, class, k, seed): read if saved, else sampled
+    (:func:`zsadlab.fewshot.sample_prompt_paths`) and saved as atomic JSON.
+
+    A saved file whose key or number of paths does not match is refused, never replaced.
+    ``normal_paths`` (relative to the dataset root, so the file survives moving the data)
+    are only read when the set does not exist yet.
+    """
+    path = prompt_set_path(directory, dataset, class_name, shots, seed)
+    key = {"dataset": dataset, "class_name": class_name, "shots": shots, "seed": seed}
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if {k: saved.get(k) for k in key} != key or len(saved.get("paths", ())) != shots:
+            raise UserError(f"prompt set {path} does not hold {key} with {shots} paths; delete it to resample")
+        return list(saved["paths"])
+    paths = fewshot.sample_prompt_paths(normal_paths, shots, seed)
+    write_json_atomic({**key, "paths": paths}, path)
+    return paths
+
+
+def _stack_images(dataset: AnomalyDataset, indices) -> torch.Tensor:
+    return torch.stack([dataset[int(i)]["image"] for i in indices])  # [n, 3, S, S]
+
+
+def fewshot_prompts(support: AnomalyDataset, class_name: str, shots: int, seed: int,
+                    prompt_dir: str | Path, dataset_name: str) -> tuple[torch.Tensor, list[Path]]:
+    """Normal prompt images ``[K, 3, S, S]`` of a class and their paths, from the saved prompt set of
+    (dataset, class, k, seed) (sampled from ``support``'s normal images of the class the first time)."""
+    by_path = {str(s.path.relative_to(support.root)): i for i, s in enumerate(support.samples)
+               if s.class_name == class_name and s.label == 0}
+    paths = load_or_sample_prompt_set(prompt_dir, dataset_name, class_name, shots, seed, sorted(by_path))
+    missing = [p for p in paths if p not in by_path]
+    if missing:
+        raise UserError(f"prompt set for {dataset_name}/{class_name} names images not in {support.root}: "
+                        f"{missing[:3]}; delete {prompt_dir} to resample")
+    return _stack_images(support, [by_path[p] for p in paths]), [support.root / p for p in paths]
+
+
+def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset | None = None, shots: int = 4,
+                     seeds: Sequence[int] = (0,), prompt_dir: str | Path = "runs/prompts",
+                     dataset_name: str | None = None, batch_size: int = 8, progress: bool = True,
+                     columns: Sequence[str] = FEWSHOT_METRICS) -> ResultTable:
+    """Few-shot table: per class, each image metric as the mean (and ``<name>_std``) over prompt seeds.
+
+    For each (class, seed) one set of ``shots`` normal images is drawn from ``support`` (the
+    class's normal training images), saved under ``prompt_dir`` and reused by later runs, and
+    shared by every test query of the class - the official test protocol (fixtures/inctrl §3.10-11).
+    Datasets without a training split (``support=None``) lend the prompts from their own normal test
+    images, which are then left out of the evaluated queries.
+    """
+    with_prompts = method_of(model).with_prompts
+    dataset_name = dataset_name or Path(dataset.root).name
+    table = ResultTable(columns=tuple(c for name in columns for c in (name, f"{name}_std")))
+    for class_name in tqdm(dataset.classes, desc=f"{shots}-shot classes", disable=not progress, leave=False):
+        per_seed = []
+        for seed in seeds:
+            prompts, paths = fewshot_prompts(support or dataset, class_name, shots, seed, prompt_dir, dataset_name)
+            queries = dataset.subset(class_name).excluding(paths if support is None else [])
+            pred = predict_dataset(with_prompts(model, {class_name: prompts}), queries, batch_size, progress=False)
+            per_seed.append([metric_value(name, pred) for name in columns])
+        values = np.array(per_seed)  # [seeds, metrics]
+        row = {"class": class_name}
+        for name, column in zip(columns, values.T):
+            row[name], row[f"{name}_std"] = float(column.mean()), float(column.std())
+        table.rows.append(row)
+    return table
+
+
+def test(model, root, shots: int = 4, seeds: Sequence[int] = (0,), out_dir=None) -> ResultTable:
+    """The method's evaluation protocol on the prepared dataset at ``root``: the zero-shot table,
+    or for a few-shot method the table over prompt seeds (prompt sets saved in ``out_dir/prompts``)."""
+    if not method_of(model).few_shot:
+        return evaluate(model, dataset_for(model, root))
+    try:
+        support = dataset_for(model, root, split="train")
+    except DatasetError:  # no training split: the prompts come from the test split's normal images
+        support = None
+    return evaluate_fewshot(model, dataset_for(model, root), support, shots=shots, seeds=seeds,
+                            prompt_dir=Path(out_dir or "runs") / "prompts")
+
+
+test.__test__ = False  # not a pytest test

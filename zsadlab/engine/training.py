@@ -1,0 +1,327 @@
+"""The one trainer for every learning method, on one process or many (DDP under torchrun).
+
+:func:`train` runs a method's :class:`~zsadlab.methods.Recipe`: a seeded plan of global batches
+per epoch, the method's optimizer and training step, a progress bar, AMP only when asked
+(``amp=True``, CUDA; the official code trains in fp32), and, with ``out_dir``, after every
+epoch the method's official checkpoint, a resume state (``train_state.pt``) and ``run.json``
+(what the run is), all written atomically.
+
+**Multi-GPU.** Under ``torchrun --standalone --nproc_per_node N -m zsadlab train ...`` every
+process runs :func:`train`; it joins the process group (``nccl`` on CUDA, ``gloo`` on CPU),
+wraps the step in ``DistributedDataParallel`` and lets rank ``r`` take ``batch[r::N]`` of each
+global batch - the split ``DistributedSampler(seed=...)`` makes of the seeded permutation - so
+the union of the ranks' batches is the single-process batch and ``batch_size`` stays the
+global batch. BatchNorm layers (InCTRL's heads) use the statistics of the global batch. Only
+rank 0 writes files and shows progress. This module is the only one that knows about ranks.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..errors import RunError, UserError, read_checkpoint
+from ..methods import Method, Recipe
+from ..utils import pick_device, save_torch_atomic, seed_everything, write_json_atomic
+from .building import dataset_for, device_of, method_of
+
+RESUME_FILE = "train_state.pt"
+RUN_FILE = "run.json"
+RUN_IDENTITY = ("method", "config", "dataset", "seed", "batch_size")  # what must match to resume
+
+
+# --- ranks -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the run: ``rank`` of ``world`` processes, on ``device``."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on rank 0 under it (the process that writes and prints)."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+@contextlib.contextmanager
+def joined(device: torch.device) -> Iterator[Ranks]:
+    """This process's :class:`Ranks`; under torchrun (``WORLD_SIZE`` > 1) the process group is joined
+    for the duration (``nccl`` on CUDA, ``gloo`` otherwise) unless the caller already did."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        yield Ranks(0, 1, device)
+        return
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield Ranks(dist.get_rank(), dist.get_world_size(), device)
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+class GlobalBatchNorm1d(torch.nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics are those of the global batch across the ranks.
+
+    torch's ``SyncBatchNorm`` needs a GPU; this does the same with differentiable
+    all-reduces (two passes: mean, then variance), so a 2-process run matches a 1-process run.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        count = torch.tensor([float(x.shape[0])], device=x.device)
+        dist.all_reduce(count)
+        mean = dist_nn.all_reduce(x.sum(0)) / count  # [C]
+        var = dist_nn.all_reduce(((x - mean) ** 2).sum(0)) / count  # [C] biased, as BatchNorm normalises
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(var.detach() * count / (count - 1), self.momentum)
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+@contextlib.contextmanager
+def global_batchnorm(model: torch.nn.Module, ranks: Ranks) -> Iterator[None]:
+    """Make the model's BatchNorm1d layers use global-batch statistics while ``ranks`` is multi-process."""
+    layers = [m for m in model.modules() if type(m) is torch.nn.BatchNorm1d] if ranks.world > 1 else []
+    for layer in layers:
+        layer.__class__ = GlobalBatchNorm1d
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.__class__ = torch.nn.BatchNorm1d
+
+
+class _Step(torch.nn.Module):
+    """The method's training step as a module, so that DDP can wrap it."""
+
+    def __init__(self, model: torch.nn.Module, recipe: Recipe):
+        super().__init__()
+        self.model, self.recipe = model, recipe
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.recipe.step(self.model, batch)
+
+
+def _stepper(model, recipe: Recipe, ranks: Ranks) -> torch.nn.Module:
+    step = _Step(model, recipe)
+    if ranks.world == 1:
+        return step
+    device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(step, device_ids=device_ids, find_unused_parameters=True,
+                                                     broadcast_buffers=False)
+
+
+def _global_mean(values: dict[str, float], ranks: Ranks) -> dict[str, float]:
+    """Each loss averaged over the ranks (= the loss of the global batch for batch-mean losses)."""
+    if ranks.world == 1:
+        return values
+    stacked = torch.tensor(list(values.values()), dtype=torch.float64)
+    dist.all_reduce(stacked)
+    return dict(zip(values, (stacked / ranks.world).tolist()))
+
+
+# --- run folder ----------------------------------------------------------------------------------
+
+
+def _identity(spec: Method, model, dataset, seed: int, batch_size: int) -> dict:
+    """What a run is, as JSON values: method, config, dataset, seed, global batch size."""
+    config = dataclasses.asdict(model.config) if dataclasses.is_dataclass(model.config) else {}
+    root = getattr(dataset, "root", None)
+    return json.loads(json.dumps({
+        "method": spec.name, "config": config, "seed": seed, "batch_size": batch_size,
+        "dataset": {"root": str(Path(root).resolve()) if root else None, "split": getattr(dataset, "split", None),
+                    "images": len(dataset)},
+    }))
+
+
+def run_record(out_dir: str | Path) -> dict | None:
+    """The ``run.json`` of a run folder (what the run is, epochs asked and completed), or None."""
+    path = Path(out_dir) / RUN_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def completed_epochs(out_dir: str | Path | None) -> int:
+    """How many epochs the run in ``out_dir`` has completed and saved (0 without a run)."""
+    record = run_record(out_dir) if out_dir else None
+    return int(record.get("completed_epochs", 0)) if record else 0
+
+
+def _check_same_run(out_dir: Path, identity: dict) -> None:
+    """Refuse to resume a run folder made by another method, config, dataset, seed or batch size."""
+    record = run_record(out_dir)
+    if record is None:
+        return
+    differ = [key for key in RUN_IDENTITY if record.get(key) != identity[key]]
+    if differ:
+        detail = "; ".join(f"{k}: folder has {record.get(k)!r}, this run {identity[k]!r}" for k in differ[:2])
+        raise RunError(f"{out_dir} holds another run ({detail}). Choose another --out folder, or repeat the "
+                       "original command to resume that run.")
+
+
+def _resume(out_dir: Path | None, model, optimizer) -> tuple[int, dict[str, list[float]]]:
+    """Load ``train_state.pt`` if present: returns (epochs done, history)."""
+    path = out_dir / RESUME_FILE if out_dir else None
+    if path is None or not path.exists():
+        return 0, {}
+    state = read_checkpoint(path, what="training state")
+    model.load_state_dict(state["trainable"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"]), {k: list(v) for k, v in state["history"].items()}
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    """Everything but the frozen backbone (``clip.*``): what a resume must restore."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("clip.")}
+
+
+# --- the trainer -------------------------------------------------------------------------------
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed a DataLoader worker's NumPy and ``random`` from its torch seed (itself from the loader's generator)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def default_workers(device: torch.device) -> int:
+    """DataLoader worker processes: 4 on CUDA (decoding must keep up with the GPU), 0 on the CPU."""
+    return 4 if device.type == "cuda" else 0
+
+
+def _recipe_of(spec: Method) -> Recipe:
+    if spec.recipe is None:
+        raise UserError(f"{spec.name} has nothing to train: it is zero-shot (its text comes from the hand-written "
+                        "prompt ensemble); train 'anomalyclip' or 'coop' instead")
+    return spec.recipe
+
+
+def _positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be a positive integer, got {value}")
+
+
+def train(model, dataset, epochs: int | None = None, batch_size: int | None = None,
+          out_dir: str | Path | None = None, resume: bool = True, seed: int | None = None, device=None,
+          amp: bool = False, max_steps_per_epoch: int | None = None, progress: bool = True,
+          num_workers: int | None = None, lr: float | None = None, betas: tuple[float, float] | None = None,
+          **plan_options) -> dict[str, list[float]]:
+    """Train ``model`` (built by ``engine.build_model``) on ``dataset`` with its method's recipe.
+
+    ``None`` takes the method's official value: ``epochs`` / ``batch_size`` from the model's
+    config (set by the profile), ``seed`` the method's official seed. ``batch_size`` is the
+    global batch (split over the processes under torchrun). ``plan_options`` go to the method's
+    plan (InCTRL: ``steps_per_epoch``, ``shots``). Returns the loss history: one value per step
+    for each scalar loss (``total``, ...) and ``epoch_total`` (mean per epoch). ``amp=True``
+    trains with fp16 autocast + GradScaler on CUDA (a deviation: the official code is fp32).
+    """
+    spec = method_of(model)
+    recipe = _recipe_of(spec)
+    epochs, batch_size = epochs or model.config.epochs, batch_size or model.config.batch_size
+    seed = spec.seed if seed is None else seed
+    _positive(epochs=epochs, batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch)
+    out_dir = Path(out_dir) if out_dir else None
+    identity = _identity(spec, model, dataset, seed, batch_size)
+    if out_dir and resume:
+        _check_same_run(out_dir, identity)
+    device = pick_device(device) if device is not None else device_of(model)
+    with joined(device) as ranks:
+        if batch_size % ranks.world:
+            raise UserError(f"the batch size {batch_size} is the global batch: it must be a multiple of the "
+                            f"{ranks.world} processes")
+        model.to(ranks.device)
+        with global_batchnorm(model, ranks):
+            return _epochs(model, spec, recipe, dataset, ranks, epochs, batch_size, seed, out_dir, resume, identity,
+                           amp, max_steps_per_epoch, progress, num_workers, dict(lr=lr, betas=betas), plan_options)
+
+
+def _epochs(model, spec, recipe, dataset, ranks, epochs, batch_size, seed, out_dir, resume, identity, amp,
+            max_steps, progress, num_workers, optimizer_options, plan_options) -> dict[str, list[float]]:
+    optimizer = recipe.optimizer(model, **optimizer_options)
+    done, history = _resume(out_dir, model, optimizer) if resume else (0, {})
+    history.setdefault("epoch_total", [])
+    use_amp = amp and ranks.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    stepper = _stepper(model, recipe, ranks)
+    workers = default_workers(ranks.device) if num_workers is None else num_workers
+    for epoch in range(done, epochs):
+        seed_everything(seed + epoch)
+        plan = recipe.plan(model, dataset, batch_size, seed + epoch, **plan_options)[:max_steps]
+        shares = [batch[ranks.rank::ranks.world] for batch in plan if len(batch) >= ranks.world]
+        loader = DataLoader(recipe.items(dataset), batch_sampler=shares, collate_fn=recipe.collate,
+                            num_workers=workers, worker_init_fn=_seed_worker,
+                            generator=torch.Generator().manual_seed(seed + epoch))
+        model.train()
+        epoch_losses = []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and ranks.main), leave=False)
+        for batch in bar:
+            with torch.autocast(ranks.device.type, dtype=torch.float16, enabled=use_amp):
+                losses = stepper(batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["total"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            values = _global_mean({k: float(v.detach()) for k, v in losses.items() if v.dim() == 0}, ranks)
+            for key, value in values.items():
+                history.setdefault(key, []).append(value)
+            epoch_losses.append(values["total"])
+            bar.set_postfix(loss=f"{values['total']:.4f}")
+        history["epoch_total"].append(float(np.mean(epoch_losses)))
+        if out_dir and ranks.main:
+            recipe.save(model, out_dir, epoch + 1)
+            save_torch_atomic({"epoch": epoch + 1, "trainable": _trainable_state(model),
+                               "optimizer": optimizer.state_dict(), "history": history}, out_dir / RESUME_FILE)
+            write_json_atomic({**identity, "epochs": epochs, "completed_epochs": epoch + 1}, out_dir / RUN_FILE)
+        if ranks.world > 1:
+            dist.barrier()
+    model.eval()
+    return history
+
+
+def fit(model, root, epochs: int | None = None, batch_size: int | None = None, out_dir=None,
+        seed: int | None = None, shots: int | None = None, **options) -> dict[str, list[float]]:
+    """Train ``model`` on the prepared dataset at ``root``, on the split its method trains on
+    (AnomalyCLIP: the test split with masks, as the official ``train.py``); see :func:`train`."""
+    recipe = _recipe_of(method_of(model))
+    data = dataset_for(model, root, split=recipe.training_split, require_masks=recipe.require_masks)
+    if shots is not None:
+        options["shots"] = shots
+    return train(model, data, epochs, batch_size, out_dir=out_dir, seed=seed, **options)
+
+
+def train_inctrl(model, dataset, epochs: int | None = None, steps_per_epoch: int | None = None,
+                 batch_size: int | None = None, shots: int | None = None, out_dir: str | Path | None = None,
+                 resume: bool = True, seed: int | None = None, device=None,
+                 progress: bool = True) -> dict[str, list[float]]:
+    """:func:`train` with InCTRL's plan options named (kept for the notebooks)."""
+    options = {k: v for k, v in dict(steps_per_epoch=steps_per_epoch, shots=shots).items() if v is not None}
+    return train(model, dataset, epochs, batch_size, out_dir=out_dir, resume=resume, seed=seed, device=device,
+                 progress=progress, **options)
