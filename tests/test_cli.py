@@ -2,9 +2,11 @@
 import csv
 
 import pytest
+import torch
 
-from zsadlab import cli
+from zsadlab import cli, engine
 from zsadlab.data import ensure_dataset
+from zsadlab.profiles import get_profile
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def test_inctrl_train_and_few_shot_test_with_saved_prompt_sets(data_root, tmp_pa
                      "--out", str(run)]) == 0
     out = tmp_path / "results"
     args = ["test", "--method", "inctrl", "--profile", "smoke", "--data-root", str(data_root),
-            "--checkpoint", str(run / "checkpoint.pt"), "--shots", "2", "--seeds", "0", "1", "--out", str(out)]
+            "--checkpoint", str(run / "checkpoint_1.pyth"), "--shots", "2", "--seeds", "0", "1", "--out", str(out)]
     assert cli.main(args) == 0
     first = (out / "results.csv").read_text()
     assert len(list((out / "prompts").rglob("*_k2_seed*.json"))) == 2
@@ -72,3 +74,54 @@ def test_testing_without_a_checkpoint_says_the_prompts_are_untrained(data_root, 
     assert "untrained" not in capsys.readouterr().err  # the hand-written ensemble has nothing to train
     assert cli.main(["test", "--profile", "smoke", "--data-root", str(data_root)]) == 0
     assert "untrained" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,option", [(["train", "--epochs", "0"], "--epochs"), (["train", "--epochs", "-3"], "--epochs"),
+                                         (["train", "--batch-size", "0"], "--batch-size"),
+                                         (["test", "--method", "inctrl", "--shots", "0"], "--shots")])
+def test_zero_or_negative_counts_are_refused_not_replaced_by_defaults(args, option, capsys):
+    assert cli.main([*args, "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {option} must be at least 1") and len(err.splitlines()) == 1
+
+
+def test_a_device_that_does_not_exist_is_one_line(capsys):
+    assert cli.main(["test", "--profile", "smoke", "--device", "bogus"]) == 2
+    assert "not a device name" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli.main(["test", "--profile", "smoke", "--device", "cuda"]) == 2
+        assert "no cuda device" in capsys.readouterr().err
+
+
+def test_options_a_method_would_silently_ignore_are_refused(tmp_path, capsys):
+    image = tmp_path / "x.png"
+    assert cli.main(["predict", "--profile", "smoke", "--prompts", str(tmp_path), str(image)]) == 2
+    assert "--prompts is for few-shot methods" in capsys.readouterr().err
+    assert cli.main(["test", "--method", "clip", "--profile", "smoke", "--checkpoint", str(tmp_path / "a.pth")]) == 2
+    assert "clip learns nothing" in capsys.readouterr().err
+    assert cli.main(["train", "--method", "clip_ac", "--profile", "smoke"]) == 2
+    assert "nothing to train" in capsys.readouterr().err
+
+
+def test_a_complete_run_says_so_and_another_methods_resume_is_refused(data_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    model = engine.build_model("anomalyclip", get_profile("smoke", quiet=True), device="cpu")
+    data = engine.dataset_for(model, data_root / "synthetic_industrial", require_masks=True)
+    engine.train(model, data, epochs=1, out_dir=run, max_steps_per_epoch=1, progress=False)
+    common = ["--profile", "smoke", "--data-root", str(data_root), "--out", str(run)]
+    assert cli.main(["train", *common]) == 0
+    assert "already complete (1 epochs); nothing was trained" in capsys.readouterr().out
+    assert cli.main(["train", "--method", "coop", *common]) == 2
+    assert "holds another run (method" in capsys.readouterr().err
+    assert cli.main(["train", "--dataset", "synthetic_ultrasound", *common]) == 2
+    assert "holds another run" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_training_says_what_was_saved_and_how_to_resume(monkeypatch, data_root, tmp_path, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "fit", interrupted)
+    assert cli.main(["train", "--profile", "smoke", "--data-root", str(data_root), "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: 0 epoch(s) saved" in err and "again to resume" in err

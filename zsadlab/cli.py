@@ -1,9 +1,13 @@
 """The ``zsadlab`` command line: ``zsadlab data|train|test|predict [options]``.
 
 Each command is one builder function in ``COMMANDS`` that adds its sub-parser and
-sets ``func``. Errors about the user's input (datasets, weights, checkpoints, images)
-are printed as one line (``error: ...``) with exit status 2, never as a traceback;
-set ``ZSADLAB_DEBUG=1`` to see the traceback instead.
+sets ``func``; methods come from the registry (:mod:`zsadlab.methods`), never by name.
+Errors about the user's input (:class:`~zsadlab.errors.UserError`: datasets, checkpoints,
+images, run folders, arguments; missing weights) are printed as one line (``error: ...``)
+with exit status 2; everything else is a bug and keeps its traceback (``ZSADLAB_DEBUG=1``
+shows it for user errors too). Ctrl-C during training exits with 130 and says how to resume.
+
+Multi-GPU: ``torchrun --standalone --nproc_per_node N -m zsadlab train ...``.
 """
 from __future__ import annotations
 
@@ -13,10 +17,15 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
+
 from . import engine
 from .backbone import WeightsUnavailableError
-from .data import DatasetError, ensure_dataset, fetch_raw, prepare, registry
+from .data import ensure_dataset, fetch_raw, prepare, registry
+from .errors import InputError, UserError
+from .methods import get_method, method_names
 from .profiles import get_profile
+from .utils import pick_device
 
 Builder = Callable[[argparse._SubParsersAction], None]
 
@@ -75,45 +84,107 @@ def add_data_commands(commands: argparse._SubParsersAction) -> None:
 # --- methods: train / test / predict -------------------------------------------------------
 
 
+def _refuse_non_positive(args: argparse.Namespace, *options: str) -> None:
+    """One line for a count option given as 0 or less (never silently replaced by the default)."""
+    for option in options:
+        value = getattr(args, option.lstrip("-").replace("-", "_"))
+        if value is not None and value < 1:
+            raise InputError(f"{option} must be at least 1, got {value}")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default="anomalyclip", choices=sorted(engine.BUILDERS),
-                   help="anomalyclip, its baselines (clip, clip_ac, coop) or inctrl")
+    p.add_argument("--method", default="anomalyclip", choices=method_names(),
+                   help="a registered method: anomalyclip, its presets and baselines, inctrl, ...")
     p.add_argument("--profile", default="auto", choices=["auto", "full", "smoke"])
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: the official one)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the method's official one)")
+
+
+def checked_device(name: str | None) -> torch.device:
+    """``--device`` as a torch device that exists on this machine, else an :class:`InputError`."""
+    try:
+        device = pick_device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device name; use cpu, cuda, cuda:1 or mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise InputError(f"--device {name}: no {device.type} device on this machine; use --device cpu "
+                         "(or leave it out for the best available)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def _model(args: argparse.Namespace):
+    device = checked_device(args.device)
     profile = get_profile(args.profile)
-    return profile, engine.build_model(args.method, profile, device=args.device)
+    return profile, engine.build_model(args.method, profile, device=device, seed=args.seed)
 
 
 def _method_train(args: argparse.Namespace) -> int:
+    _refuse_non_positive(args, "--epochs", "--batch-size", "--shots")
+    spec = get_method(args.method)
+    if spec.recipe is None:
+        raise InputError(f"{args.method} learns nothing, so there is nothing to train; "
+                         f"train one of {[n for n in method_names() if get_method(n).recipe]}")
+    if args.shots is not None and not spec.few_shot:
+        raise InputError(f"--shots is for few-shot methods; {args.method} takes no reference images")
     profile, model = _model(args)
     root = ensure_dataset(args.dataset or profile.train_dataset, args.data_root)
-    few_shot = args.method == "inctrl"  # its defaults live in its config, set from the profile
-    history = engine.fit(model, root, epochs=args.epochs or (None if few_shot else profile.epochs),
-                         batch_size=args.batch_size or (None if few_shot else profile.batch_size),
-                         out_dir=args.out, seed=args.seed, shots=args.shots)
-    print(f"trained {args.method} for {len(history['epoch_total'])} epochs; last epoch loss "
-          f"{history['epoch_total'][-1]:.4f}; checkpoints in {args.out}")
+    before = engine.completed_epochs(args.out)
+    try:
+        history = engine.fit(model, root, epochs=args.epochs, batch_size=args.batch_size, out_dir=args.out,
+                             seed=args.seed, shots=args.shots, amp=args.amp, num_workers=args.workers)
+    except KeyboardInterrupt:
+        if engine.is_main_process():
+            done = engine.completed_epochs(args.out)
+            print(f"\ninterrupted: {done} epoch(s) saved in {args.out}; run the same command again to resume",
+                  file=sys.stderr)
+        return 130
+    ran = len(history["epoch_total"]) - before
+    if engine.is_main_process():
+        if ran == 0:
+            print(f"the run in {args.out} is already complete ({before} epochs); nothing was trained. "
+                  "Pass a larger --epochs to continue it, or another --out for a new run.")
+        else:
+            print(f"trained {args.method} for {ran} epoch(s) (now {len(history['epoch_total'])}); last epoch loss "
+                  f"{history['epoch_total'][-1]:.4f}; checkpoints in {args.out}")
     return 0
+
+
+def _refuse_unused_checkpoint(args: argparse.Namespace) -> None:
+    """One line for a ``--checkpoint`` given to a method that learns nothing (it would be silently unused)."""
+    if args.checkpoint and get_method(args.method).load is None:
+        raise InputError(f"{args.method} learns nothing, so --checkpoint {args.checkpoint} would be unused; "
+                         "leave it out (or choose a method that learns)")
 
 
 def _load_or_warn(model, args: argparse.Namespace) -> None:
     """Load ``--checkpoint``; without one, say that the trainable parts are at their random init."""
+    spec = get_method(args.method)
     if args.checkpoint:
         engine.load_checkpoint(model, args.checkpoint)
-    elif any(p.requires_grad for p in model.parameters()):
+    elif spec.learns != "nothing":
         print(f"note: no --checkpoint given: {args.method}'s trainable parts are untrained (random init)",
               file=sys.stderr)
 
 
+def _refuse_fewshot_options(args: argparse.Namespace, *names: str) -> None:
+    """One line for few-shot options given to a method that is not few-shot."""
+    given = [name for name in names if getattr(args, name.lstrip("-").replace("-", "_")) is not None]
+    if given and not get_method(args.method).few_shot:
+        raise InputError(f"{', '.join(given)} is for few-shot methods; {args.method} takes no reference images")
+
+
 def _method_test(args: argparse.Namespace) -> int:
+    _refuse_non_positive(args, "--shots")
+    _refuse_fewshot_options(args, "--shots", "--seeds")
+    _refuse_unused_checkpoint(args)
     profile, model = _model(args)
     _load_or_warn(model, args)
     root = ensure_dataset(args.dataset or profile.test_dataset, args.data_root)
-    table = engine.test(model, root, shots=args.shots, seeds=args.seeds, out_dir=args.out)
+    table = engine.test(model, root, shots=args.shots or 4, seeds=args.seeds or [0], out_dir=args.out)
     print(table)
     if args.out:
         print(f"saved {table.to_csv(Path(args.out) / 'results.csv')} and {table.to_json(Path(args.out) / 'results.json')}")
@@ -121,6 +192,8 @@ def _method_test(args: argparse.Namespace) -> int:
 
 
 def _method_predict(args: argparse.Namespace) -> int:
+    _refuse_fewshot_options(args, "--prompts")
+    _refuse_unused_checkpoint(args)
     profile, model = _model(args)
     _load_or_warn(model, args)
     written = engine.predict_images(model, args.images, out_dir=args.out, class_name=args.class_name,
@@ -131,14 +204,17 @@ def _method_predict(args: argparse.Namespace) -> int:
 
 def add_train_command(commands: argparse._SubParsersAction) -> None:
     """``zsadlab train``: the official recipe of the method, with checkpoints and resume."""
-    train = commands.add_parser("train", help="train a method on an auxiliary dataset")
+    train = commands.add_parser("train", help="train a method on an auxiliary dataset (torchrun: multi-GPU)")
     _add_common(train)
     train.add_argument("--dataset", help="registry name (default: the profile's training set)")
     train.add_argument("--data-root", default="data", help="where prepared datasets live")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--shots", type=int, help="InCTRL: normal prompts per query (default 2, official)")
-    train.add_argument("--out", default="runs/train", help="checkpoint folder (resumes if it has one)")
+    train.add_argument("--epochs", type=int, help="default: the method's recipe in the profile")
+    train.add_argument("--batch-size", type=int,
+                       help="the global batch (split over the processes under torchrun); default: the recipe's")
+    train.add_argument("--shots", type=int, help="few-shot methods: normal prompts per query (InCTRL: 2)")
+    train.add_argument("--amp", action="store_true", help="fp16 autocast on CUDA (a deviation: the official is fp32)")
+    train.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: 4 on CUDA, 0 on CPU)")
+    train.add_argument("--out", default="runs/train", help="run folder (resumes the run it holds)")
     train.set_defaults(func=_method_train)
 
 
@@ -146,11 +222,11 @@ def add_test_command(commands: argparse._SubParsersAction) -> None:
     """``zsadlab test``: the per-class result table of a method on a dataset."""
     test = commands.add_parser("test", help="evaluate on a dataset: per-class table, CSV and JSON")
     _add_common(test)
-    test.add_argument("--checkpoint", help="official-format checkpoint (AnomalyCLIP epoch_N.pth / InCTRL .pt)")
+    test.add_argument("--checkpoint", help="official-format checkpoint (AnomalyCLIP epoch_N.pth / InCTRL .pyth)")
     test.add_argument("--dataset", help="registry name (default: the profile's test set)")
     test.add_argument("--data-root", default="data")
-    test.add_argument("--shots", type=int, default=4, help="InCTRL: k normal prompts per class")
-    test.add_argument("--seeds", type=int, nargs="+", default=[0], help="InCTRL: prompt-sampling seeds")
+    test.add_argument("--shots", type=int, help="few-shot methods: k normal prompts per class (default 4)")
+    test.add_argument("--seeds", type=int, nargs="+", help="few-shot methods: prompt-sampling seeds (default 0)")
     test.add_argument("--out", default=None, help="folder for results.csv / results.json")
     test.set_defaults(func=_method_test)
 
@@ -163,7 +239,7 @@ def add_predict_command(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--checkpoint")
     predict.add_argument("--class-name", default="object", help="what the images show (object-aware prompts)")
     predict.add_argument("--prompts", action="append", metavar="PATH",
-                         help="InCTRL: normal reference images, a file or a folder (repeatable)")
+                         help="few-shot methods: normal reference images, a file or a folder (repeatable)")
     predict.add_argument("--out", default="predictions")
     predict.set_defaults(func=_method_predict)
 
@@ -189,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `zsadlab data list | head`
         sys.stderr.close()
         return 0
-    except (DatasetError, WeightsUnavailableError, ValueError, KeyError, FileNotFoundError) as err:
+    except (UserError, WeightsUnavailableError) as err:
         if os.environ.get("ZSADLAB_DEBUG"):
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -1,0 +1,94 @@
+"""The method registry (zsadlab/methods.py): a new method is one entry; engine and CLI need no change."""
+import csv
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from zsadlab import cli, engine, methods
+from zsadlab.data import ensure_dataset
+from zsadlab.methods import Method, get_method, method_names, register_method
+from zsadlab.profiles import get_profile
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    image_size: int = 32
+
+
+class Brightness(torch.nn.Module):
+    """A method that learns nothing: the image score is its mean brightness, the map its brightness."""
+
+    def __init__(self, config: ToyConfig = ToyConfig(), with_maps: bool = True):
+        super().__init__()
+        self.config, self.with_maps = config, with_maps
+
+    def predict(self, images, class_names):
+        brightness = images.mean(dim=1)  # [B, S, S]
+        return brightness.flatten(1).mean(dim=1), brightness if self.with_maps else None
+
+
+@pytest.fixture
+def toy_methods():
+    """Two toy methods registered from this file (one without maps), removed afterwards."""
+    names = {"toy_brightness": True, "toy_scores_only": False}
+    for name, with_maps in names.items():
+        register_method(Method(name=name, learns="nothing", config_class=ToyConfig,
+                               build=lambda profile, device, seed, m=with_maps, **changes: Brightness(
+                                   ToyConfig(**changes), with_maps=m)))
+    yield list(names)
+    for name in names:
+        methods._REGISTRY.pop(name)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    ensure_dataset("synthetic_ultrasound", root)
+    return root
+
+
+def test_anomalyclip_its_presets_and_inctrl_are_registered_with_what_they_learn():
+    learns = {name: get_method(name).learns for name in method_names()}
+    assert learns["anomalyclip"] == learns["anomalyclip_multilayer"] == learns["coop"] == "prompts"
+    assert learns["clip"] == learns["clip_ac"] == "nothing" and learns["inctrl"] == "heads"
+    assert get_method("inctrl").few_shot and not get_method("anomalyclip").few_shot
+    assert get_method("anomalyclip").seed == 111
+
+
+def test_a_learning_method_without_a_recipe_is_refused_at_registration():
+    with pytest.raises(ValueError, match="recipe"):
+        Method(name="broken", learns="prompts", build=lambda *a, **k: None)
+    with pytest.raises(ValueError, match="learns must be one of"):
+        Method(name="broken", learns="everything", build=lambda *a, **k: None)
+
+
+def test_an_unknown_method_is_named_with_the_choices():
+    with pytest.raises(ValueError, match="unknown method 'nope'.*anomalyclip"):
+        engine.build_model("nope", get_profile("smoke", quiet=True))
+
+
+def test_a_toy_method_registered_here_builds_and_evaluates_without_engine_changes(toy_methods, data_root):
+    smoke = get_profile("smoke", quiet=True)
+    for name in toy_methods:
+        model = engine.build_model(name, smoke, device="cpu", image_size=48)
+        assert model.config.image_size == 48
+        table = engine.evaluate(model, engine.dataset_for(model, data_root / "synthetic_ultrasound"), progress=False)
+        assert 0 <= table.mean["image_auroc"] <= 1
+        pixel_defined = not math.isnan(table.mean["pixel_auroc"])
+        assert pixel_defined == (name == "toy_brightness")  # no maps: pixel metrics are undefined, not an error
+
+
+def test_a_toy_method_runs_through_zsadlab_test_and_predict(toy_methods, data_root, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert cli.main(["test", "--method", "toy_brightness", "--profile", "smoke", "--data-root", str(data_root),
+                     "--out", str(out)]) == 0
+    assert "image_auroc" in capsys.readouterr().out
+    assert list(csv.DictReader((out / "results.csv").open()))[-1]["class"] == "mean"
+    images = data_root / "synthetic_ultrasound" / "thyroid" / "test" / "nodule"
+    preds = tmp_path / "preds"
+    assert cli.main(["predict", "--method", "toy_brightness", "--profile", "smoke", str(images),
+                     "--out", str(preds)]) == 0
+    assert len(list(csv.DictReader((preds / "scores.csv").open()))) == len(list(images.glob("*.png")))
+    assert len(list(preds.glob("*_overlay.png"))) == len(list(images.glob("*.png")))
