@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -96,8 +97,10 @@ class GlobalBatchNorm1d(torch.nn.BatchNorm1d):
             return super().forward(x)
         count = torch.tensor([float(x.shape[0])], device=x.device)
         dist.all_reduce(count)
-        mean = dist_nn.all_reduce(x.sum(0)) / count  # [C]
-        var = dist_nn.all_reduce(((x - mean) ** 2).sum(0)) / count  # [C] biased, as BatchNorm normalises
+        with warnings.catch_warnings():  # deprecated in favour of a private module; still the public API
+            warnings.simplefilter("ignore", FutureWarning)
+            mean = dist_nn.all_reduce(x.sum(0)) / count  # [C]
+            var = dist_nn.all_reduce(((x - mean) ** 2).sum(0)) / count  # [C] biased, as BatchNorm normalises
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             self.running_mean.lerp_(mean.detach(), self.momentum)
@@ -134,8 +137,7 @@ def _stepper(model, recipe: Recipe, ranks: Ranks) -> torch.nn.Module:
     if ranks.world == 1:
         return step
     device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(step, device_ids=device_ids, find_unused_parameters=True,
-                                                     broadcast_buffers=False)
+    return torch.nn.parallel.DistributedDataParallel(step, device_ids=device_ids, find_unused_parameters=True)
 
 
 def _global_mean(values: dict[str, float], ranks: Ranks) -> dict[str, float]:
