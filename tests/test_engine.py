@@ -135,3 +135,54 @@ def test_zero_shot_baselines_refuse_training_with_the_reason(smoke, roots):
     model = build_model("clip_ac", smoke, device="cpu")
     with pytest.raises(ValueError, match="nothing to train"):
         train(model, dataset_for(model, roots["synthetic_industrial"], require_masks=True), epochs=1, progress=False)
+
+
+def test_an_undefined_metric_is_marked_and_counted_while_nan_scores_raise(tmp_path):
+    import json
+
+    import numpy as np
+
+    from zsadlab.engine import class_metrics
+
+    one_label = {"scores": np.array([0.1, 0.2]), "labels": np.array([0, 0]), "has_mask": np.array([False, False]),
+                 "maps": None, "masks": np.zeros((2, 4, 4), np.uint8)}
+    both = {**one_label, "labels": np.array([0, 1])}
+    table = ResultTable(rows=[{"class": "a", **class_metrics(one_label)}, {"class": "b", **class_metrics(both)}])
+    assert math.isnan(table.rows[0]["image_auroc"]) and table.rows[1]["image_auroc"] == 1.0
+    assert table.mean["image_auroc"] == 1.0 and table.coverage["image_auroc"] == 1
+    assert "image_auroc over 1/2" in str(table)
+    saved = json.loads(table.to_json(tmp_path / "t.json").read_text())
+    assert saved["rows"][0]["image_auroc"] is None and saved["covered"]["image_auroc"] == 1
+    with pytest.raises(ValueError, match="NaN"):
+        class_metrics({**both, "scores": np.array([math.nan, 0.2])})
+
+
+def test_result_columns_are_chosen_by_name(smoke, roots):
+    model = build_model("clip", smoke, device="cpu")
+    table = evaluate(model, dataset_for(model, roots["synthetic_ultrasound"]), progress=False,
+                     columns=["image_auroc", "pixel_f1_max"])
+    assert table.columns == ("image_auroc", "pixel_f1_max") and set(table.rows[0]) == {"class", *table.columns}
+
+
+def test_the_run_folder_records_the_run_and_refuses_another(smoke, roots, tmp_path):
+    from zsadlab.engine import run_record
+    from zsadlab.errors import RunError
+
+    model = build_model("anomalyclip", smoke, device="cpu")
+    data = dataset_for(model, roots["synthetic_industrial"], require_masks=True)
+    train(model, data, epochs=1, out_dir=tmp_path, max_steps_per_epoch=1, progress=False)
+    record = run_record(tmp_path)
+    assert record["method"] == "anomalyclip" and record["seed"] == 111 and record["completed_epochs"] == 1
+    assert record["config"]["features"] == [8] and record["dataset"]["split"] == "test"
+    with pytest.raises(RunError, match="method"):
+        coop = build_model("coop", smoke, device="cpu")
+        train(coop, dataset_for(coop, roots["synthetic_industrial"], require_masks=True), epochs=1,
+              out_dir=tmp_path, max_steps_per_epoch=1, progress=False)
+    with pytest.raises(RunError, match="seed"):
+        train(model, data, epochs=2, out_dir=tmp_path, seed=3, max_steps_per_epoch=1, progress=False)
+
+
+def test_amp_is_off_unless_asked(smoke):
+    import inspect
+
+    assert inspect.signature(train).parameters["amp"].default is False

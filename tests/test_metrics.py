@@ -288,3 +288,31 @@ def test_pixel_metrics_reject_mismatched_or_channel_shapes(fn):
 def test_image_metrics_reject_mismatched_lengths():
     with pytest.raises(ValueError, match="same shape"):
         metrics.image_auroc([.1, .2, .3], [0, 1])
+
+
+# ----------------------------------------------------------------------------- the registry
+def test_registry_names_every_table_metric_with_its_level():
+    levels = {name: metrics.get_metric(name).level for name in metrics.METRICS}
+    assert levels["image_auroc"] == levels["image_ap"] == levels["image_f1_max"] == "image"
+    assert levels["pixel_auroc"] == levels["aupro_mvtec"] == levels["aupro_anomalyclip"] == "pixel"
+    assert metrics.get_metric("image_auroc").function([0.1, 0.9], [0, 1]) == 1.0
+
+
+def test_a_new_metric_is_one_registration(monkeypatch):
+    monkeypatch.setitem(metrics.METRICS, "dummy", None)  # restored afterwards
+    metrics.register_metric("dummy", "image", lambda scores, labels: 0.5)
+    assert metrics.get_metric("dummy").function([0.0], [0]) == 0.5
+    with pytest.raises(ValueError, match="unknown metric 'nope'"):
+        metrics.get_metric("nope")
+    with pytest.raises(ValueError, match="level"):
+        metrics.register_metric("bad", "voxel", lambda s, l: 0.0)
+
+
+def test_undefined_is_its_own_error_and_nan_scores_are_not_undefined():
+    with pytest.raises(metrics.UndefinedMetricError):
+        metrics.image_auroc([0.1, 0.2], [0, 0])
+    with pytest.raises(metrics.UndefinedMetricError):
+        metrics.aupro(np.zeros((1, 4, 4)) + np.arange(16).reshape(1, 4, 4), np.zeros((1, 4, 4)))
+    with pytest.raises(ValueError) as err:
+        metrics.image_auroc([np.nan, 0.2], [0, 1])
+    assert not isinstance(err.value, metrics.UndefinedMetricError)
