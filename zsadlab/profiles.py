@@ -79,37 +79,14 @@ class Profile:
 
     # Read-only aliases of the former flat fields, kept because the notebooks read them.
     # ``epochs`` / ``batch_size`` are AnomalyCLIP's recipe: use ``config("inctrl")`` for InCTRL's.
-    @property
-    def epochs(self) -> int:
-        return self.config("anomalyclip").epochs
-
-    @property
-    def batch_size(self) -> int:
-        return self.config("anomalyclip").batch_size
-
-    @property
-    def anomalyclip_backbone(self) -> Backbone:
-        return self.backbone("anomalyclip")
-
-    @property
-    def anomalyclip_image_size(self) -> int:
-        return self.config("anomalyclip").image_size
-
-    @property
-    def anomalyclip_features(self) -> tuple[int, ...]:
-        return self.config("anomalyclip").features
-
-    @property
-    def anomalyclip_dpam_blocks(self) -> int:
-        return self.config("anomalyclip").dpam_blocks
-
-    @property
-    def inctrl_backbone(self) -> Backbone:
-        return self.backbone("inctrl")
-
-    @property
-    def inctrl_image_size(self) -> int:
-        return self.config("inctrl").image_size
+    epochs = property(lambda self: self.config("anomalyclip").epochs)
+    batch_size = property(lambda self: self.config("anomalyclip").batch_size)
+    anomalyclip_backbone = property(lambda self: self.backbone("anomalyclip"))
+    anomalyclip_image_size = property(lambda self: self.config("anomalyclip").image_size)
+    anomalyclip_features = property(lambda self: self.config("anomalyclip").features)
+    anomalyclip_dpam_blocks = property(lambda self: self.config("anomalyclip").dpam_blocks)
+    inctrl_backbone = property(lambda self: self.backbone("inctrl"))
+    inctrl_image_size = property(lambda self: self.config("inctrl").image_size)
 
 
 PROFILES: dict[str, Profile] = {
