@@ -186,3 +186,15 @@ def test_amp_is_off_unless_asked(smoke):
     import inspect
 
     assert inspect.signature(train).parameters["amp"].default is False
+
+
+def test_prompts_are_initialised_under_the_runs_seed_default_the_official_111(smoke):
+    def prompts(**seed):
+        return build_model("anomalyclip", smoke, device="cpu", **seed).prompt_learner.ctx_pos.detach()
+
+    assert torch.equal(prompts(), prompts(seed=111))
+    assert not torch.equal(prompts(seed=111), prompts(seed=0))
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    prompts(seed=7)
+    assert torch.equal(torch.get_rng_state(), state)  # building never moves the caller's RNG
