@@ -76,7 +76,8 @@ def test_testing_without_a_checkpoint_says_the_prompts_are_untrained(data_root, 
     assert "untrained" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args,option", [(["train", "--epochs", "0"], "--epochs"), (["train", "--epochs", "-3"], "--epochs"),
+@pytest.mark.parametrize("args,option", [(["train", "--epochs", "0"], "--epochs"),
+                                         (["train", "--epochs", "-3"], "--epochs"),
                                          (["train", "--batch-size", "0"], "--batch-size"),
                                          (["test", "--method", "inctrl", "--shots", "0"], "--shots")])
 def test_zero_or_negative_counts_are_refused_not_replaced_by_defaults(args, option, capsys):

@@ -213,7 +213,8 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
                        help="the global batch (split over the processes under torchrun); default: the recipe's")
     train.add_argument("--shots", type=int, help="few-shot methods: normal prompts per query (InCTRL: 2)")
     train.add_argument("--amp", action="store_true", help="fp16 autocast on CUDA (a deviation: the official is fp32)")
-    train.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: 4 on CUDA, 0 on CPU)")
+    train.add_argument("--workers", type=int, default=None,
+                       help="DataLoader worker processes (default: 4 on CUDA, 0 on CPU)")
     train.add_argument("--out", default="runs/train", help="run folder (resumes the run it holds)")
     train.set_defaults(func=_method_train)
 

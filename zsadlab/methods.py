@@ -12,6 +12,7 @@ nothing needs only ``name``, ``learns="nothing"`` and ``build``; ``zsadlab test`
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -151,19 +152,26 @@ INCTRL_RECIPE = Recipe(
     collate=inctrl.collate_prompted,
 )
 
+# What each AnomalyCLIP preset learns: the hand-written-ensemble baselines learn nothing.
 ANOMALYCLIP_LEARNS = {"anomalyclip": "prompts", "anomalyclip_multilayer": "prompts", "coop": "prompts",
                       "clip_ac": "nothing", "clip": "nothing"}
 
-for _preset in PRESETS:
-    _learns = ANOMALYCLIP_LEARNS[_preset]
-    register_method(Method(
-        name=_preset, learns=_learns, config_class=AnomalyCLIPConfig, seed=111,  # train.py --seed 111
-        build=clip_method_builder("anomalyclip", AnomalyCLIP, lambda config, p=_preset: preset_config(p, config)),
-        load=anomalyclip.load_official_checkpoint if _learns != "nothing" else None,
-        recipe=ANOMALYCLIP_RECIPE if _learns != "nothing" else None,
-    ))
+
+def anomalyclip_method(preset: str) -> Method:
+    """The registry entry of AnomalyCLIP preset ``preset`` (official seed 111: train.py ``--seed``)."""
+    learns = ANOMALYCLIP_LEARNS[preset]
+    learning = learns != "nothing"
+    return Method(name=preset, learns=learns, config_class=AnomalyCLIPConfig, seed=111,
+                  build=clip_method_builder("anomalyclip", AnomalyCLIP, functools.partial(preset_config, preset)),
+                  load=anomalyclip.load_official_checkpoint if learning else None,
+                  recipe=ANOMALYCLIP_RECIPE if learning else None)
+
+
+for preset in PRESETS:
+    register_method(anomalyclip_method(preset))
 
 register_method(Method(
-    name="inctrl", learns="heads", config_class=InCTRLConfig, seed=10,  # cfg.RNG_SEED = 10
-    build=clip_method_builder("inctrl", InCTRL), with_prompts=inctrl.FewShotPredictor, load=inctrl.load_checkpoint, recipe=INCTRL_RECIPE,
+    name="inctrl", learns="heads", config_class=InCTRLConfig, seed=10,  # official config: cfg.RNG_SEED = 10
+    build=clip_method_builder("inctrl", InCTRL), with_prompts=inctrl.FewShotPredictor, load=inctrl.load_checkpoint,
+    recipe=INCTRL_RECIPE,
 ))

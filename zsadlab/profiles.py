@@ -2,8 +2,9 @@
 
 A profile only *chooses* things: per method family a backbone and a config
 (image size, feature blocks, training recipe), and the default datasets. Both
-profiles run exactly the same code paths; the methods never branch on the profile. ``auto`` picks ``full`` when the real AnomalyCLIP
-weights are on disk and ``smoke`` otherwise, with a banner printed once.
+profiles run exactly the same code paths; the methods never branch on the profile.
+``auto`` picks ``full`` when the real AnomalyCLIP weights are on disk and ``smoke``
+otherwise, with a banner printed once.
 """
 from __future__ import annotations
 
@@ -109,8 +110,8 @@ PROFILES: dict[str, Profile] = {
         setups={
             "anomalyclip": MethodSetup(
                 Backbone(TINY_PREFIX + "anomalyclip"),
-                AnomalyCLIPConfig(features=(8,), dpam_blocks=5, image_size=TINY_CLIPS["anomalyclip"].vision["image_size"],
-                                  epochs=1, batch_size=4)),
+                AnomalyCLIPConfig(features=(8,), dpam_blocks=5, epochs=1, batch_size=4,
+                                  image_size=TINY_CLIPS["anomalyclip"].vision["image_size"])),
             "inctrl": MethodSetup(
                 Backbone(TINY_PREFIX + "inctrl"),
                 InCTRLConfig(image_size=TINY_CLIPS["inctrl"].vision["image_size"], epochs=1, batch_size=8,

@@ -193,6 +193,9 @@ def _resume(out_dir: Path | None, model, optimizer) -> tuple[int, dict[str, list
     if path is None or not path.exists():
         return 0, {}
     state = read_checkpoint(path, what="training state")
+    if not isinstance(state, dict) or "trainable" not in state:
+        raise RunError(f"{path} was written by an older zsadlab and cannot be resumed; choose another --out folder "
+                       "(its epoch checkpoints still load with --checkpoint)")
     model.load_state_dict(state["trainable"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
     return int(state["epoch"]), {k: list(v) for k, v in state["history"].items()}
