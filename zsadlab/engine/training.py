@@ -234,6 +234,23 @@ def _positive(**values: int | None) -> None:
             raise UserError(f"{name} must be a positive integer, got {value}")
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """What a run does: ``epochs`` of seeded global batches of ``batch_size`` (epoch ``e`` drawn with
+    ``seed + e``), at most ``max_steps`` per epoch, ``options`` for the method's plan."""
+
+    epochs: int
+    batch_size: int
+    seed: int
+    max_steps: int | None = None
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def shares(self, recipe: Recipe, model, dataset, epoch: int, ranks: Ranks) -> list[list]:
+        """This rank's share ``batch[rank::world]`` of each global batch of the epoch."""
+        plan = recipe.plan(model, dataset, self.batch_size, self.seed + epoch, **self.options)[:self.max_steps]
+        return [batch[ranks.rank::ranks.world] for batch in plan if len(batch) >= ranks.world]
+
+
 def train(model, dataset, epochs: int | None = None, batch_size: int | None = None,
           out_dir: str | Path | None = None, resume: bool = True, seed: int | None = None, device=None,
           amp: bool = False, max_steps_per_epoch: int | None = None, progress: bool = True,
@@ -247,68 +264,74 @@ def train(model, dataset, epochs: int | None = None, batch_size: int | None = No
     plan (InCTRL: ``steps_per_epoch``, ``shots``). Returns the loss history: one value per step
     for each scalar loss (``total``, ...) and ``epoch_total`` (mean per epoch). ``amp=True``
     trains with fp16 autocast + GradScaler on CUDA (a deviation: the official code is fp32).
+    ``num_workers``: DataLoader worker processes (seeded; default :func:`default_workers`).
     """
     spec = method_of(model)
     recipe = _recipe_of(spec)
-    epochs, batch_size = epochs or model.config.epochs, batch_size or model.config.batch_size
-    seed = spec.seed if seed is None else seed
-    _positive(epochs=epochs, batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch)
+    schedule = Schedule(epochs or model.config.epochs, batch_size or model.config.batch_size,
+                        spec.seed if seed is None else seed, max_steps_per_epoch, plan_options)
+    _positive(epochs=schedule.epochs, batch_size=schedule.batch_size, max_steps_per_epoch=max_steps_per_epoch)
     out_dir = Path(out_dir) if out_dir else None
-    identity = _identity(spec, model, dataset, seed, batch_size)
+    identity = _identity(spec, model, dataset, schedule.seed, schedule.batch_size)
     if out_dir and resume:
         _check_same_run(out_dir, identity)
     device = pick_device(device) if device is not None else device_of(model)
     with joined(device) as ranks:
-        if batch_size % ranks.world:
-            raise UserError(f"the batch size {batch_size} is the global batch: it must be a multiple of the "
-                            f"{ranks.world} processes")
+        if schedule.batch_size % ranks.world:
+            raise UserError(f"the batch size {schedule.batch_size} is the global batch: it must be a multiple of "
+                            f"the {ranks.world} processes")
         model.to(ranks.device)
+        optimizer = recipe.optimizer(model, lr=lr, betas=betas)
+        done, history = _resume(out_dir, model, optimizer) if resume else (0, {})
+        history.setdefault("epoch_total", [])
+        workers = default_workers(ranks.device) if num_workers is None else num_workers
+        scaler = torch.amp.GradScaler("cuda", enabled=amp and ranks.device.type == "cuda")
         with global_batchnorm(model, ranks):
-            return _epochs(model, spec, recipe, dataset, ranks, epochs, batch_size, seed, out_dir, resume, identity,
-                           amp, max_steps_per_epoch, progress, num_workers, dict(lr=lr, betas=betas), plan_options)
-
-
-def _epochs(model, spec, recipe, dataset, ranks, epochs, batch_size, seed, out_dir, resume, identity, amp,
-            max_steps, progress, num_workers, optimizer_options, plan_options) -> dict[str, list[float]]:
-    optimizer = recipe.optimizer(model, **optimizer_options)
-    done, history = _resume(out_dir, model, optimizer) if resume else (0, {})
-    history.setdefault("epoch_total", [])
-    use_amp = amp and ranks.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    stepper = _stepper(model, recipe, ranks)
-    workers = default_workers(ranks.device) if num_workers is None else num_workers
-    for epoch in range(done, epochs):
-        seed_everything(seed + epoch)
-        plan = recipe.plan(model, dataset, batch_size, seed + epoch, **plan_options)[:max_steps]
-        shares = [batch[ranks.rank::ranks.world] for batch in plan if len(batch) >= ranks.world]
-        loader = DataLoader(recipe.items(dataset), batch_sampler=shares, collate_fn=recipe.collate,
-                            num_workers=workers, worker_init_fn=_seed_worker,
-                            generator=torch.Generator().manual_seed(seed + epoch))
-        model.train()
-        epoch_losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and ranks.main), leave=False)
-        for batch in bar:
-            with torch.autocast(ranks.device.type, dtype=torch.float16, enabled=use_amp):
-                losses = stepper(batch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["total"]).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            values = _global_mean({k: float(v.detach()) for k, v in losses.items() if v.dim() == 0}, ranks)
-            for key, value in values.items():
-                history.setdefault(key, []).append(value)
-            epoch_losses.append(values["total"])
-            bar.set_postfix(loss=f"{values['total']:.4f}")
-        history["epoch_total"].append(float(np.mean(epoch_losses)))
-        if out_dir and ranks.main:
-            recipe.save(model, out_dir, epoch + 1)
-            save_torch_atomic({"epoch": epoch + 1, "trainable": _trainable_state(model),
-                               "optimizer": optimizer.state_dict(), "history": history}, out_dir / RESUME_FILE)
-            write_json_atomic({**identity, "epochs": epochs, "completed_epochs": epoch + 1}, out_dir / RUN_FILE)
-        if ranks.world > 1:
-            dist.barrier()
+            stepper = _stepper(model, recipe, ranks)
+            for epoch in range(done, schedule.epochs):
+                seed_everything(schedule.seed + epoch)
+                shares = schedule.shares(recipe, model, dataset, epoch, ranks)
+                loader = DataLoader(recipe.items(dataset), batch_sampler=shares, collate_fn=recipe.collate,
+                                    num_workers=workers, worker_init_fn=_seed_worker,
+                                    generator=torch.Generator().manual_seed(schedule.seed + epoch))
+                bar = tqdm(loader, desc=f"epoch {epoch + 1}/{schedule.epochs}", leave=False,
+                           disable=not (progress and ranks.main))
+                steps = _epoch_losses(model, stepper, optimizer, scaler, bar, ranks)
+                for key in steps[0] if steps else ():
+                    history.setdefault(key, []).extend(step[key] for step in steps)
+                history["epoch_total"].append(float(np.mean([step["total"] for step in steps])))
+                if out_dir and ranks.main:
+                    _save_epoch(model, recipe, optimizer, history, out_dir, epoch + 1,
+                                {**identity, "epochs": schedule.epochs, "completed_epochs": epoch + 1})
+                if ranks.world > 1:
+                    dist.barrier()
     model.eval()
     return history
+
+
+def _epoch_losses(model, stepper, optimizer, scaler, batches, ranks: Ranks) -> list[dict[str, float]]:
+    """One epoch of optimisation steps (fp16 autocast when ``scaler`` is enabled); per step, each
+    scalar loss of the global batch."""
+    model.train()
+    steps = []
+    for batch in batches:
+        with torch.autocast(ranks.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+            losses = stepper(batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(losses["total"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        steps.append(_global_mean({k: float(v.detach()) for k, v in losses.items() if v.dim() == 0}, ranks))
+        batches.set_postfix(loss=f"{steps[-1]['total']:.4f}")
+    return steps
+
+
+def _save_epoch(model, recipe: Recipe, optimizer, history: dict, out_dir: Path, epoch: int, record: dict) -> None:
+    """The official checkpoint of ``epoch``, the resume state and ``run.json``, each written atomically."""
+    recipe.save(model, out_dir, epoch)
+    save_torch_atomic({"epoch": epoch, "trainable": _trainable_state(model), "optimizer": optimizer.state_dict(),
+                       "history": history}, out_dir / RESUME_FILE)
+    write_json_atomic(record, out_dir / RUN_FILE)
 
 
 def fit(model, root, epochs: int | None = None, batch_size: int | None = None, out_dir=None,
