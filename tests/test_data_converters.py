@@ -175,11 +175,12 @@ def test_anomalous_raw_image_without_mask_is_named_in_the_error(tmp_path, write_
         prepare("mvtec", raw=tmp_path / "raw", out=tmp_path / "out")
 
 
-def test_raw_mask_of_another_size_is_named_in_the_error(tmp_path, write_image, write_mask):
+def test_raw_mask_of_another_size_is_kept_with_a_warning_naming_the_raw_image(tmp_path, write_image, write_mask):
     btad_raw(tmp_path / "raw", write_image, write_mask)
-    write_mask(tmp_path / "raw/01/ground_truth/ko/0000.png", size=(5, 5))
-    with pytest.raises(DatasetError, match="ground_truth/ko/0000.png is 5x5"):
-        prepare("btad", raw=tmp_path / "raw", out=tmp_path / "out")
+    write_mask(tmp_path / "raw/01/ground_truth/ko/0000.png", size=(5, 5), box=(1, 4, 1, 4))
+    with pytest.warns(UserWarning, match=r"raw/01/test/ko/0000.bmp is 5x5 but the image is 16x12"):
+        root = prepare("btad", raw=tmp_path / "raw", out=tmp_path / "out")
+    assert load_mask(root / "01/ground_truth/defect/0000_mask.png").shape == (5, 5)
 
 
 def test_unknown_raw_layout_shows_the_expected_one(tmp_path, write_image):

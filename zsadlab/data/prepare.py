@@ -7,6 +7,7 @@ never one that contains the raw folder: nothing the user owns is ever deleted.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from ..utils import write_json_atomic
@@ -43,6 +44,11 @@ def prepare(name: str, raw: str | Path | None = None, out: str | Path | None = N
                 item.convert(raw, writer)
         except DatasetError as err:
             raise DatasetError(f"{err}\n{item.title}: expected raw layout: {item.raw_layout}") from None
+        if writer.skipped:
+            warnings.warn(
+                f"{len(writer.skipped)} unreadable raw images were skipped:\n  " + "\n  ".join(writer.skipped),
+                stacklevel=2,
+            )
         if writer.count == 0:
             raise DatasetError(f"no images found in {raw}. {item.title}: expected raw layout: {item.raw_layout}")
         write_json_atomic(meta_of(tmp), tmp / META_FILE)
