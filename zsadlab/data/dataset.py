@@ -88,7 +88,8 @@ class AnomalyDataset(Dataset):
 
     Args:
         root: a folder in the common layout or with an AnomalyCLIP ``meta.json``.
-        split: ``"train"`` (normal images only) or ``"test"``.
+        split: ``"train"`` (normal images only), ``"test"``, or ``"inctrl_train"``: InCTRL's
+            training pool, every image of both splits (``gen_train_json.py``).
         classes: keep only these class names (``None``: all).
         image_size: square side S; ``None`` keeps the native size (for plots).
         resize: ``"squash"`` (AnomalyCLIP's transform, the default) or

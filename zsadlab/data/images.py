@@ -36,7 +36,9 @@ def _open_fully(path: Path) -> Image.Image:
             img.load()
             return ImageOps.exif_transpose(img)  # a copy, upright as a photo viewer shows it
     except FileNotFoundError:
-        raise DatasetError(f"image not found: {path}. Re-run `zsadlab data prepare` for this dataset.") from None
+        raise DatasetError(
+            f"image not found: {path}. Restore it, or re-run `zsadlab data prepare` if it belongs to a prepared dataset."
+        ) from None
     except Image.DecompressionBombError as err:
         raise DatasetError(f"image {path} is too large to read safely ({err}): downscale it or remove it.") from None
     except (OSError, SyntaxError, ValueError) as err:
