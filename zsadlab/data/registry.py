@@ -35,13 +35,17 @@ class DatasetEntry:
     source: str
     license: str
     raw_layout: str
-    protocol: str = ""  # the official script(s) the converter reproduces (PROTOCOL.md has the details)
     convert: Callable[[Path, LayoutWriter], None] | None = None
     generate: Callable[[LayoutWriter, int], None] | None = None
     url: str | None = None
     sha256: str | None = None
     archive: str | None = None
     manual_steps: str = ""
+
+    @property
+    def protocol(self) -> str:
+        """The official script(s) the converter reproduces (details in ``PROTOCOL.md``)."""
+        return PROTOCOLS.get(self.name, "none official: zsadlab's own")
 
     @property
     def synthetic(self) -> bool:
@@ -58,8 +62,7 @@ KAGGLE_STEPS = "Download https://www.kaggle.com/datasets/{slug} (Kaggle account 
 ENTRIES = [
     DatasetEntry(
         "mvtec", "MVTec AD", "industrial", True, "https://www.mvtec.com/company/research/datasets/mvtec-ad",
-        "CC BY-NC-SA 4.0", MVTEC_LIKE + " (15 classes)", protocol="AnomalyCLIP generate_dataset_json/mvtec.py",
-        convert=cv.mvtec_like,
+        "CC BY-NC-SA 4.0", MVTEC_LIKE + " (15 classes)", convert=cv.mvtec_like,
         url="https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/420938113-1629952094/"
         "mvtec_anomaly_detection.tar.xz",
         sha256="cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d",
@@ -68,17 +71,17 @@ ENTRIES = [
     DatasetEntry(
         "visa", "VisA", "industrial", True, "https://github.com/amazon-science/spot-diff", "CC BY 4.0",
         "<cls>/Data/Images/{Normal,Anomaly}/*.JPG, <cls>/Data/Masks/Anomaly/*.png, split_csv/1cls.csv",
-        protocol="AnomalyCLIP generate_dataset_json/visa.py", convert=cv.visa, url="https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar",
+        convert=cv.visa, url="https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar",
         sha256="2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362", archive="VisA_20220922.tar",
     ),
     DatasetEntry(
         "mpdd", "MPDD", "industrial", True, "https://github.com/stepanje/MPDD", "CC BY-NC-SA 4.0",
-        MVTEC_LIKE + " (6 classes)", protocol="AnomalyCLIP generate_dataset_json/mpdd.py", convert=cv.mvtec_like,
+        MVTEC_LIKE + " (6 classes)", convert=cv.mvtec_like,
         manual_steps="Follow the OneDrive link in the README of github.com/stepanje/MPDD, unzip, point --raw at MPDD/.",
     ),
     DatasetEntry(
         "btad", "BTAD", "industrial", True, "https://avires.dimi.uniud.it/papers/btad/btad.zip", "CC BY-NC-SA 4.0",
-        "01..03/train/ok/*, 01..03/test/{ok,ko}/*, 01..03/ground_truth/ko/<name>.png", protocol="AnomalyCLIP generate_dataset_json/btad.py", convert=cv.btad,
+        "01..03/train/ok/*, 01..03/test/{ok,ko}/*, 01..03/ground_truth/ko/<name>.png", convert=cv.btad,
         url="https://avires.dimi.uniud.it/papers/btad/btad.zip",
         sha256="461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a", archive="btad.zip",
     ),
@@ -86,21 +89,18 @@ ENTRIES = [
         DatasetEntry(
             name, title, "industrial", True, "https://www.vicos.si/resources/kolektorsdd/", "CC BY-NC-SA 4.0",
             "kosNN/PartK.jpg with kosNN/PartK_label.bmp (empty label = normal)",
-            protocol=protocol,
             convert=partial(cv.kolektor_sdd, class_name=class_name),
             manual_steps="Download KolektorSDD.zip from www.vicos.si/resources/kolektorsdd, unzip, point --raw at it.",
         )
-        for name, title, class_name, protocol in [
-            ("sdd", "KolektorSDD (SDD), AnomalyCLIP protocol", "electrical commutators",
-             "AnomalyCLIP generate_dataset_json/SDD.py on the output of InCTRL datasets/preprocess/convert_SDD.py"),
-            ("sdd_inctrl", "KolektorSDD (SDD), InCTRL protocol", "SDD", "InCTRL datasets/preprocess/convert_SDD.py"),
+        for name, title, class_name in [
+            ("sdd", "KolektorSDD (SDD), AnomalyCLIP protocol", "electrical commutators"),
+            ("sdd_inctrl", "KolektorSDD (SDD), InCTRL protocol", "SDD"),
         ]
     ],
     DatasetEntry(
         "dagm", "DAGM 2007", "industrial", True,
         "https://hci.iwr.uni-heidelberg.de/content/weakly-supervised-learning-industrial-optical-inspection",
         "research use only (see source)", "Class<N>/{Train,Test}/*.PNG with {Train,Test}/Label/<name>_label.PNG",
-        protocol="AnomalyCLIP generate_dataset_json/DAGM.py (Test folders only)",
         convert=cv.dagm,
         manual_steps=KAGGLE_STEPS.format(
             slug="mhskjelvareid/dagm-2007-competition-dataset-optical-inspection", folder="the folder of Class1..Class10"
@@ -109,22 +109,12 @@ ENTRIES = [
     DatasetEntry(
         "dtd_synthetic", "DTD-Synthetic", "industrial", True,
         "AnomalyCLIP README (github.com/zqhang/AnomalyCLIP) -> Google Drive", "not stated (DTD: research use)",
-        MVTEC_LIKE + " (12 texture classes)", protocol="AnomalyCLIP generate_dataset_json/DTD.py",
-        convert=cv.mvtec_like,
+        MVTEC_LIKE + " (12 texture classes)", convert=cv.mvtec_like,
         manual_steps="Download DTD-Synthetic from the Google Drive link in the AnomalyCLIP README; point --raw at it.",
-    ),
-    DatasetEntry(
-        "isic", "ISIC 2016 (skin lesions)", "medical", True,
-        "AnomalyCLIP README -> Google Drive (ISBI 2016 ISIC Part 1 test set, challenge.isic-archive.com)", "not stated",
-        "skin/test/<specie>/*.jpg and skin/ISBI2016_ISIC_Part1_Test_GroundTruth/<name>_Segmentation.png",
-        protocol="AnomalyCLIP generate_dataset_json/isbi.py", convert=cv.isic,
-        manual_steps="Download ISIC from the Google Drive link in the AnomalyCLIP README; point --raw at the folder "
-        "holding skin/.",
     ),
     *[
         DatasetEntry(
             name, title, "medical", True, POLYP_SOURCE, "not stated", POLYP_LAYOUT,
-            protocol=f"AnomalyCLIP generate_dataset_json/{script}",
             convert=partial(cv.all_anomalous, images="images", masks="masks", class_name="colon", defect="polyp"),
             manual_steps=POLYP_STEPS.format(folder=folder),
         )
@@ -134,14 +124,21 @@ ENTRIES = [
             ("kvasir", "Kvasir-SEG", "Kvasir", "kvasir.py"),
         ]
     ],
-    DatasetEntry(
-        "endo", "Endo (EndoTect 2020 segmentation test set)", "medical", True,
-        "EndoTect 2020 challenge, Segmentation Test Dataset (AnomalyCLIP README -> Google Drive)", "not stated",
-        "images/<name>.jpg (every folder except masks/ holds images; good/ would be normal) and masks/<name>.*",
-        protocol="AnomalyCLIP generate_dataset_json/endoTect.py", convert=cv.endotect,
-        manual_steps="Download EndoTect_2020_Segmentation_Test_Dataset from the Endo link in the AnomalyCLIP README, "
-        "unzip, point --raw at it.",
-    ),
+    *[
+        DatasetEntry(
+            name, title, "medical", True, f"{origin} (AnomalyCLIP README -> Google Drive)", "not stated", layout,
+            convert=convert,
+            manual_steps=f"Download {link} from the AnomalyCLIP README's link, unzip, point --raw at {folder}.",
+        )
+        for name, title, origin, layout, script, convert, link, folder in [
+            ("isic", "ISIC 2016 (skin lesions)", "ISBI 2016 ISIC Part 1 test set (challenge.isic-archive.com)",
+             "skin/test/<specie>/*.jpg and skin/ISBI2016_ISIC_Part1_Test_GroundTruth/<name>_Segmentation.png",
+             "isbi.py", cv.isic, "ISIC", "the folder holding skin/"),
+            ("endo", "Endo (EndoTect 2020 segmentation test set)", "EndoTect 2020 Segmentation Test Dataset",
+             "images/<name>.jpg and masks/<name>.* (every folder except masks/ holds images; good/ would be normal)",
+             "endoTect.py", cv.endotect, "Endo", "the unzipped folder"),
+        ]
+    ],
     *[
         DatasetEntry(
             name, title, "medical", True,
@@ -149,7 +146,6 @@ ENTRIES = [
             "not stated",
             f"trainval-image/, trainval-mask/, test-image/, test-mask/ (only {split}-* is used; every image is "
             f"anomalous, with its nodule mask, as the official tn3k.py reads it){note}",
-            protocol="AnomalyCLIP generate_dataset_json/tn3k.py" + ("" if split == "test" else " (on trainval-*)"),
             convert=partial(cv.all_anomalous, images=f"{split}-image", masks=f"{split}-mask", class_name="thyroid",
                             defect="nodule"),
             manual_steps="Follow the Baidu / Google Drive link in the TRFE-Net README, unzip, point --raw at tn3k/ "
@@ -165,45 +161,40 @@ ENTRIES = [
         DatasetEntry(
             name, title, "medical", False, "https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
             "not stated", "head_ct/[head_ct/]000.png ... 199.png and labels.csv (columns id, hemorrhage)",
-            protocol=protocol, convert=partial(cv.headct, class_name=class_name),
+            convert=partial(cv.headct, class_name=class_name),
             manual_steps=KAGGLE_STEPS.format(slug="felipekitamura/head-ct-hemorrhage",
                                              folder="the folder holding labels.csv"),
         )
-        for name, title, class_name, protocol in [
-            ("headct", "HeadCT, AnomalyCLIP protocol", "brain",
-             "AnomalyCLIP generate_dataset_json/head_ct.py on the output of InCTRL convert_HeadCT.py"),
-            ("headct_inctrl", "HeadCT, InCTRL protocol", "headct", "InCTRL datasets/preprocess/convert_HeadCT.py"),
+        for name, title, class_name in [
+            ("headct", "HeadCT, AnomalyCLIP protocol", "brain"),
+            ("headct_inctrl", "HeadCT, InCTRL protocol", "headct"),
+        ]
+    ],
+    *[
+        DatasetEntry(
+            name, title, "medical", False,
+            "https://www.kaggle.com/datasets/navoneel/brain-mri-images-for-brain-tumor-detection", "not stated",
+            "[brain_tumor_dataset/]{no,yes}/* (every folder except no/ is anomalous)",
+            convert=convert,
+            manual_steps=KAGGLE_STEPS.format(slug="navoneel/brain-mri-images-for-brain-tumor-detection",
+                                             folder="the folder holding brain_tumor_dataset/"),
+        )
+        for name, title, convert in [
+            ("brainmri", "BrainMRI, AnomalyCLIP protocol",
+             partial(cv.normal_and_other_folders, normal="no", class_name="brain", base="brain_tumor_dataset")),
+            ("brainmri_inctrl", "BrainMRI, InCTRL protocol", cv.brainmri_inctrl),
         ]
     ],
     DatasetEntry(
-        "brainmri", "BrainMRI, AnomalyCLIP protocol", "medical", False,
-        "https://www.kaggle.com/datasets/navoneel/brain-mri-images-for-brain-tumor-detection", "not stated",
-        "[brain_tumor_dataset/]{no,yes}/* (every folder except no/ is anomalous)",
-        protocol="AnomalyCLIP generate_dataset_json/brainmri.py",
-        convert=partial(cv.normal_and_other_folders, normal="no", class_name="brain", base="brain_tumor_dataset"),
-        manual_steps=KAGGLE_STEPS.format(slug="navoneel/brain-mri-images-for-brain-tumor-detection",
-                                         folder="the folder holding brain_tumor_dataset/"),
-    ),
-    DatasetEntry(
-        "brainmri_inctrl", "BrainMRI, InCTRL protocol", "medical", False,
-        "https://www.kaggle.com/datasets/navoneel/brain-mri-images-for-brain-tumor-detection", "not stated",
-        "[brain_tumor_dataset/]{no,yes}/*", protocol="InCTRL datasets/preprocess/convert_BrainMRI.py",
-        convert=cv.brainmri_inctrl,
-        manual_steps=KAGGLE_STEPS.format(slug="navoneel/brain-mri-images-for-brain-tumor-detection",
-                                         folder="the folder holding brain_tumor_dataset/"),
-    ),
-    DatasetEntry(
         "br35h", "Br35H", "medical", False, "https://www.kaggle.com/datasets/ahmedhamada0/brain-tumor-detection",
         "not stated", "no/* (normal); yes/*, pred/* and any other folder are anomalous",
-        protocol="AnomalyCLIP generate_dataset_json/br35.py",
         convert=partial(cv.normal_and_other_folders, normal="no", class_name="brain"),
         manual_steps=KAGGLE_STEPS.format(slug="ahmedhamada0/brain-tumor-detection", folder="the folder holding no/"),
     ),
     DatasetEntry(
         "covid19", "COVID-19 Radiography", "medical", False,
         "https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database", "not stated",
-        "NORMAL/[images/]* (any case) is normal; every other folder (COVID, Lung_Opacity, Viral Pneumonia...) anomalous",
-        protocol="AnomalyCLIP generate_dataset_json/covid.py",
+        "NORMAL/[images/]* (any case) is normal; every other folder (COVID, Lung_Opacity, ...) is anomalous",
         convert=partial(cv.normal_and_other_folders, normal="NORMAL", class_name="chest"),
         manual_steps=KAGGLE_STEPS.format(
             slug="tawsifurrahman/covid19-radiography-database", folder="the folder holding COVID/ and Normal/"
@@ -212,23 +203,21 @@ ENTRIES = [
     DatasetEntry(
         "elpv", "ELPV (solar cells), InCTRL protocol", "industrial", False,
         "PyPI elpv-dataset (github.com/zae-bayern/elpv-dataset)", "CC BY-NC-SA 4.0",
-        "images/cellNNNN.png and labels.csv (lines: images/<file> <defect probability> <mono|poly>)",
-        protocol="InCTRL datasets/preprocess/convert_elpv.py", convert=cv.elpv,
+        "images/cellNNNN.png and labels.csv (lines: images/<file> <defect probability> <mono|poly>)", convert=cv.elpv,
         manual_steps="pip install elpv-dataset, then point --raw at the package's data folder: "
         "python -c \"import elpv_dataset, pathlib; print(pathlib.Path(elpv_dataset.__file__).parent / 'data')\"",
     ),
     DatasetEntry(
         "magnetic_tile", "Magnetic Tile Defects", "industrial", True,
         "https://github.com/abin24/Magnetic-tile-defect-datasets.", "none stated; cite Huang et al. 2018",
-        "MT_<Type>/Imgs/<id>.jpg with mask <id>.png; MT_Free is normal",
-        protocol="none official: zsadlab's own (every image in test)", convert=cv.magnetic_tile,
+        "MT_<Type>/Imgs/<id>.jpg with mask <id>.png; MT_Free is normal", convert=cv.magnetic_tile,
         manual_steps="git clone https://github.com/abin24/Magnetic-tile-defect-datasets. and point --raw at the clone.",
     ),
     DatasetEntry(
         "mpdd_metal_plate", "MPDD metal_plate (re-split)", "industrial", True,
         "https://github.com/BupeshKumarR/defect-segmentation-for-mpdd", "CC BY-NC-SA 4.0 (MPDD)",
         "metal_plate/{train,val,test}/{images,masks}/<split>_NNNNN.png (empty mask = normal)",
-        protocol="none official: zsadlab's own (the re-split's test split)", convert=cv.mpdd_metal_plate,
+        convert=cv.mpdd_metal_plate,
         manual_steps="git clone https://github.com/BupeshKumarR/defect-segmentation-for-mpdd and point --raw at the "
         "folder holding metal_plate/.",
     ),
@@ -243,6 +232,19 @@ ENTRIES = [
         "generated", "none (generated from a seed)", generate=synthetic.synthetic_ultrasound,
     ),
 ]
+
+AC, IC = "AnomalyCLIP generate_dataset_json/", "InCTRL datasets/preprocess/"
+PROTOCOLS = {  # name -> the official script(s) its converter reproduces; PROTOCOL.md has the rules
+    "mvtec": AC + "mvtec.py", "visa": AC + "visa.py", "mpdd": AC + "mpdd.py", "btad": AC + "btad.py",
+    "sdd": AC + "SDD.py on the output of " + IC + "convert_SDD.py", "sdd_inctrl": IC + "convert_SDD.py",
+    "dagm": AC + "DAGM.py (Test folders only)", "dtd_synthetic": AC + "DTD.py", "isic": AC + "isbi.py",
+    "clinicdb": AC + "clinicDB.py", "colondb": AC + "colonDB.py", "kvasir": AC + "kvasir.py",
+    "endo": AC + "endoTect.py",
+    "tn3k": AC + "tn3k.py", "tn3k_trainval": AC + "tn3k.py on trainval-image/ and trainval-mask/",
+    "headct": AC + "head_ct.py on the output of " + IC + "convert_HeadCT.py", "headct_inctrl": IC + "convert_HeadCT.py",
+    "brainmri": AC + "brainmri.py", "brainmri_inctrl": IC + "convert_BrainMRI.py", "br35h": AC + "br35.py",
+    "covid19": AC + "covid.py", "elpv": IC + "convert_elpv.py",
+}
 
 REGISTRY: dict[str, DatasetEntry] = {entry.name: entry for entry in ENTRIES}
 
