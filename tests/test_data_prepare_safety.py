@@ -52,6 +52,12 @@ def test_force_replaces_a_folder_that_prepare_wrote(tmp_path, write_image):
     assert (out / MARKER).is_file() and (out / "meta.json").is_file()
 
 
+def test_force_may_fill_an_empty_folder(tmp_path, write_image):
+    _raw_brainmri(tmp_path / "raw", write_image)
+    (tmp_path / "empty").mkdir()
+    assert (prepare("brainmri", raw=tmp_path / "raw", out=tmp_path / "empty", overwrite=True) / MARKER).is_file()
+
+
 def test_ensure_dataset_refuses_to_delete_a_foreign_folder_at_the_synthetic_path(tmp_path):
     foreign = tmp_path / "synthetic_industrial"
     foreign.mkdir()

@@ -60,7 +60,8 @@ def check_replaceable(out: Path, raw: Path | None, overwrite: bool) -> None:
     """Raise :class:`DatasetError` unless writing ``out`` can delete nothing the user owns.
 
     ``out`` may not be ``raw`` or a folder above it. An existing ``out`` is replaced
-    only with ``overwrite`` and only when it holds ``MARKER`` (a root prepared here).
+    only with ``overwrite`` and only when it holds ``MARKER`` (a root prepared here)
+    or is an empty folder.
     """
     if raw is not None and (raw.resolve() == out.resolve() or out.resolve() in raw.resolve().parents):
         raise DatasetError(
@@ -71,7 +72,7 @@ def check_replaceable(out: Path, raw: Path | None, overwrite: bool) -> None:
         return
     if not overwrite:
         raise DatasetError(f"{out} already exists: delete it, choose another folder or pass --force.")
-    if not (out.is_dir() and (out / MARKER).is_file()):
+    if not (out.is_dir() and ((out / MARKER).is_file() or not any(out.iterdir()))):
         raise DatasetError(
             f"{out} exists and is not a dataset zsadlab prepared (no {MARKER} file in it), so --force will not "
             "delete it. Choose another --out, or move that folder away yourself."
