@@ -5,13 +5,16 @@ real archives in ``../shared/data`` are converted from a subset of their members
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from zsadlab.data import AnomalyDataset, DatasetError, prepare, registry
+from zsadlab.data.converters import inctrl_holdout
 from zsadlab.data.download import extract
 from zsadlab.data.images import image_size, load_mask, load_mask_values
 from zsadlab.data.layout import samples
@@ -24,10 +27,17 @@ def mvtec_raw(raw: Path, img, mask) -> None:
     mask(raw / "bottle/ground_truth/broken/000_mask.png")
 
 
-def isic_raw(raw: Path, img, mask) -> None:  # the raw folder is the class folder itself
-    img(raw / "test/good/a.png")
-    img(raw / "test/lesion/b.png")
-    mask(raw / "ground_truth/lesion/b_mask.png")
+def dtd_raw(raw: Path, img, mask) -> None:  # class folder names keep their case
+    img(raw / "Woven_001/train/good/000.png")
+    img(raw / "Woven_001/test/good/000.png")
+    img(raw / "Woven_001/test/bad/000.png")
+    mask(raw / "Woven_001/ground_truth/bad/000_mask.png")
+
+
+def isic_raw(raw: Path, img, mask) -> None:
+    img(raw / "skin/test/good/ISIC_0000001.jpg")
+    img(raw / "skin/test/lesion/ISIC_0000003.jpg")
+    mask(raw / "skin/ISBI2016_ISIC_Part1_Test_GroundTruth/ISIC_0000003_Segmentation.png")
 
 
 def visa_raw(raw: Path, img, mask) -> None:
@@ -52,14 +62,17 @@ def btad_raw(raw: Path, img, mask) -> None:
 
 
 def sdd_raw(raw: Path, img, mask) -> None:
-    img(raw / "kos01/Part0.jpg")
-    mask(raw / "kos01/Part0_label.bmp", box=None)
-    img(raw / "kos01/Part1.jpg")
-    mask(raw / "kos01/Part1_label.bmp")
+    """Two 16x12 parts: Part0's defect (rows 2..5) touches bands 0 and 1; Part1 is clean: 4 normal bands."""
+    img(raw / "kos01/Part0.jpg", mode="L")
+    mask(raw / "kos01/Part0_label.bmp")
+    img(raw / "kos01/Part1.jpg", mode="L")
+    mask(raw / "kos01/Part1_label.bmp", box=None)
 
 
 def dagm_raw(raw: Path, img, mask) -> None:
     img(raw / "Class1/Train/0001.PNG")
+    img(raw / "Class1/Train/0004.PNG")  # defective training image: not used
+    mask(raw / "Class1/Train/Label/0004_label.PNG")
     img(raw / "Class1/Test/0002.PNG")
     img(raw / "Class1/Test/0003.PNG")
     mask(raw / "Class1/Test/Label/0003_label.PNG")
@@ -70,6 +83,13 @@ def polyp_raw(raw: Path, img, mask) -> None:
     mask(raw / "masks/1.png", high=230)  # any single non-zero value marks the defect
 
 
+def endo_raw(raw: Path, img, mask) -> None:
+    img(raw / "images/a.jpg")
+    img(raw / "images/b.jpg")
+    mask(raw / "masks/a.jpg")
+    mask(raw / "masks/b.jpg")
+
+
 def tn3k_raw(raw: Path, img, mask) -> None:
     img(raw / "trainval-image/0000.jpg")
     mask(raw / "trainval-mask/0000.jpg")
@@ -78,26 +98,39 @@ def tn3k_raw(raw: Path, img, mask) -> None:
 
 
 def headct_raw(raw: Path, img, mask) -> None:
-    img(raw / "head_ct/000.png", mode="L")
-    img(raw / "head_ct/001.png", mode="L")
-    (raw / "labels.csv").write_text("id, hemorrhage\n0,0\n1,1\n")
+    """Kaggle layout (head_ct/head_ct/): ids 0..7, the last two hemorrhages: 6 normals -> 4 train, 2 test."""
+    for i in range(8):
+        img(raw / f"head_ct/head_ct/{i:03d}.png", mode="L")
+    (raw / "labels.csv").write_text("id, hemorrhage\n" + "".join(f"{i},{int(i >= 6)}\n" for i in range(8)))
 
 
-def yes_no_raw(raw: Path, img, mask) -> None:
-    img(raw / "no/N1.jpg")
-    img(raw / "yes/Y1.jpg")
+def brainmri_raw(raw: Path, img, mask) -> None:
+    for name in ("no/N1.jpg", "no/N2.jpg", "no/N3.jpg", "no/N4.jpg", "yes/Y1.jpg"):
+        img(raw / "brain_tumor_dataset" / name)
+
+
+def br35h_raw(raw: Path, img, mask) -> None:
+    img(raw / "no/no0.jpg")
+    img(raw / "yes/y0.jpg")
+    img(raw / "pred/pred0.jpg")  # the official br35.py marks every folder but no/ anomalous
 
 
 def covid_raw(raw: Path, img, mask) -> None:
     img(raw / "Normal/images/Normal-1.png")
     img(raw / "COVID/images/COVID-1.png")
-    img(raw / "Lung_Opacity/images/Lung_Opacity-1.png")  # ignored
+    img(raw / "Lung_Opacity/images/Lung_Opacity-1.png")
+    img(raw / "Viral Pneumonia/Viral Pneumonia-1.png")
 
 
 def elpv_raw(raw: Path, img, mask) -> None:
-    img(raw / "images/cell0001.png", mode="L")
-    img(raw / "images/cell0002.png", mode="L")
-    (raw / "labels.csv").write_text("images/cell0001.png  0.0  mono\nimages/cell0002.png  0.6666666666666666  poly\n")
+    """4 normal cells (-> 3 train, 1 test), one certain defect per type, two uncertain ones (dropped)."""
+    lines = [(f"cell000{i}.png", p, t) for i, (p, t) in enumerate(
+        [(0.0, "mono"), (0.0, "poly"), (0.0, "mono"), (0.0, "poly"), (1.0, "mono"), (1.0, "poly"),
+         (0.3333333333333333, "mono"), (0.6666666666666666, "poly")]
+    )]
+    for name, _, _ in lines:
+        img(raw / "images" / name, mode="L")
+    (raw / "labels.csv").write_text("".join(f"images/{n}  {p}  {t}\n" for n, p, t in lines))
 
 
 def magnetic_tile_raw(raw: Path, img, mask) -> None:
@@ -117,23 +150,26 @@ def mpdd_metal_plate_raw(raw: Path, img, mask) -> None:
 RAW_LAYOUTS = {
     "mvtec": (mvtec_raw, ["bottle"], 1, 2, 1),
     "mpdd": (mvtec_raw, ["bottle"], 1, 2, 1),
-    "dtd_synthetic": (mvtec_raw, ["bottle"], 1, 2, 1),
-    "isic": (isic_raw, ["raw"], 0, 2, 1),
+    "dtd_synthetic": (dtd_raw, ["Woven_001"], 1, 2, 1),
+    "isic": (isic_raw, ["skin"], 0, 2, 1),
     "visa": (visa_raw, ["candle"], 1, 2, 1),
     "btad": (btad_raw, ["01"], 1, 2, 1),
-    "sdd": (sdd_raw, ["electrical_commutators"], 0, 2, 1),
-    "dagm": (dagm_raw, ["class1"], 1, 2, 1),
+    "sdd": (sdd_raw, ["electrical commutators"], 3, 3, 2),
+    "sdd_inctrl": (sdd_raw, ["SDD"], 3, 3, 2),
+    "dagm": (dagm_raw, ["Class1"], 1, 2, 1),
     "clinicdb": (polyp_raw, ["colon"], 0, 1, 1),
     "colondb": (polyp_raw, ["colon"], 0, 1, 1),
     "kvasir": (polyp_raw, ["colon"], 0, 1, 1),
-    "endo": (polyp_raw, ["colon"], 0, 1, 1),
+    "endo": (endo_raw, ["colon"], 0, 2, 2),
     "tn3k": (tn3k_raw, ["thyroid"], 0, 1, 1),
     "tn3k_trainval": (tn3k_raw, ["thyroid"], 0, 1, 1),  # the other half of the same raw folder
-    "headct": (headct_raw, ["head"], 0, 2, 1),
-    "brainmri": (yes_no_raw, ["brain"], 0, 2, 1),
-    "br35h": (yes_no_raw, ["brain"], 0, 2, 1),
-    "covid19": (covid_raw, ["chest"], 0, 2, 1),
-    "elpv": (elpv_raw, ["mono", "poly"], 0, 2, 1),
+    "headct": (headct_raw, ["brain"], 4, 4, 2),
+    "headct_inctrl": (headct_raw, ["headct"], 4, 4, 2),
+    "brainmri": (brainmri_raw, ["brain"], 0, 5, 1),
+    "brainmri_inctrl": (brainmri_raw, ["brainmri"], 3, 2, 1),
+    "br35h": (br35h_raw, ["brain"], 0, 3, 2),
+    "covid19": (covid_raw, ["chest"], 0, 4, 3),
+    "elpv": (elpv_raw, ["elpv"], 3, 3, 2),
     "magnetic_tile": (magnetic_tile_raw, ["magnetic_tile"], 0, 2, 1),
     "mpdd_metal_plate": (mpdd_metal_plate_raw, ["metal_plate"], 1, 2, 2),
 }
@@ -175,11 +211,12 @@ def test_anomalous_raw_image_without_mask_is_named_in_the_error(tmp_path, write_
         prepare("mvtec", raw=tmp_path / "raw", out=tmp_path / "out")
 
 
-def test_raw_mask_of_another_size_is_named_in_the_error(tmp_path, write_image, write_mask):
+def test_raw_mask_of_another_size_is_kept_with_a_warning_naming_the_raw_image(tmp_path, write_image, write_mask):
     btad_raw(tmp_path / "raw", write_image, write_mask)
-    write_mask(tmp_path / "raw/01/ground_truth/ko/0000.png", size=(5, 5))
-    with pytest.raises(DatasetError, match="ground_truth/ko/0000.png is 5x5"):
-        prepare("btad", raw=tmp_path / "raw", out=tmp_path / "out")
+    write_mask(tmp_path / "raw/01/ground_truth/ko/0000.png", size=(5, 5), box=(1, 4, 1, 4))
+    with pytest.warns(UserWarning, match=r"raw/01/test/ko/0000.bmp is 5x5 but the image is 16x12"):
+        root = prepare("btad", raw=tmp_path / "raw", out=tmp_path / "out")
+    assert load_mask(root / "01/ground_truth/defect/0000_mask.png").shape == (5, 5)
 
 
 def test_unknown_raw_layout_shows_the_expected_one(tmp_path, write_image):
@@ -197,13 +234,13 @@ def test_failed_conversion_leaves_no_folder_behind(tmp_path, write_image, write_
 
 
 def test_prepared_folder_has_ordinary_permissions_not_a_private_temp_dir(tmp_path, write_image, write_mask):
-    yes_no_raw(tmp_path / "raw", write_image, write_mask)
+    br35h_raw(tmp_path / "raw", write_image, write_mask)
     root = prepare("br35h", raw=tmp_path / "raw", out=tmp_path / "out")
     assert root.stat().st_mode & 0o777 == (tmp_path / "raw").stat().st_mode & 0o777
 
 
 def test_existing_output_is_kept_unless_overwrite(tmp_path, write_image, write_mask):
-    yes_no_raw(tmp_path / "raw", write_image, write_mask)
+    br35h_raw(tmp_path / "raw", write_image, write_mask)
     prepare("br35h", raw=tmp_path / "raw", out=tmp_path / "out")
     with pytest.raises(DatasetError, match="already exists"):
         prepare("br35h", raw=tmp_path / "raw", out=tmp_path / "out")
@@ -247,3 +284,108 @@ def test_real_mpdd_metal_plate_keeps_test_split_and_moves_train_val_normals_to_t
     assert all(load_mask(s.mask_path).any() for s in test.samples if s.label)
     item = test[0]
     assert item["image"].shape == (3, 512, 512) and item["mask"].shape == (512, 512)
+
+
+# ---------------------------------------------------------------- the official protocols, one rule each
+
+
+def test_inctrl_holdout_is_sklearns_split_keeping_25_percent_with_random_state_42():
+    items = [f"n{i}" for i in range(10)]
+    train, test = inctrl_holdout(items)
+    assert (len(train), len(test)) == (7, 3)  # ceil(0.25 * 10) to test
+    order = np.random.RandomState(42).permutation(10)  # what train_test_split draws
+    assert test == [items[i] for i in order[:3]] and train == [items[i] for i in order[3:]]
+
+
+def test_inctrl_training_pool_takes_train_and_test_normals_and_test_anomalies(tmp_path, write_image, write_mask):
+    mvtec_raw(tmp_path / "raw", write_image, write_mask)
+    write_image(tmp_path / "raw/bottle/train/good/001.png")
+    root = prepare("mvtec", raw=tmp_path / "raw", out=tmp_path / "out")
+    pool = AnomalyDataset(root, "inctrl_train", image_size=None)
+    assert sorted(str(s.path.relative_to(root)) for s in pool.samples) == [
+        "bottle/test/broken/000.png", "bottle/test/good/000.png", "bottle/train/good/000.png",
+        "bottle/train/good/001.png",
+    ]
+    assert sorted(pool.labels.tolist()) == [0, 0, 0, 1]
+
+
+def test_sdd_is_cut_into_thirds_named_like_the_official_converter(tmp_path, write_image, write_mask):
+    sdd_raw(tmp_path / "raw", write_image, write_mask)
+    root = prepare("sdd", raw=tmp_path / "raw", out=tmp_path / "out")
+    every = samples(root, "train") + samples(root, "test")
+    assert sorted(s.path.name for s in every) == [f"kos01_Part{p}_{i}.png" for p in (0, 1) for i in range(3)]
+    defect = {s.path.name: s for s in every if s.label}
+    assert sorted(defect) == ["kos01_Part0_0.png", "kos01_Part0_1.png"]
+    assert all(image_size(s.path) == (16, 4) and load_mask(s.mask_path).any() for s in defect.values())
+
+
+def test_dagm_tests_only_the_test_folder(tmp_path, write_image, write_mask):
+    dagm_raw(tmp_path / "raw", write_image, write_mask)
+    root = prepare("dagm", raw=tmp_path / "raw", out=tmp_path / "out")
+    assert [s.path.name for s in samples(root, "test")] == ["0003.PNG", "0002.PNG"]  # defect first, then good
+    assert [s.path.name for s in samples(root, "train")] == ["0001.PNG"]
+
+
+def test_elpv_keeps_probability_0_and_1_only_with_the_cell_type_as_defect(tmp_path, write_image, write_mask):
+    elpv_raw(tmp_path / "raw", write_image, write_mask)
+    root = prepare("elpv", raw=tmp_path / "raw", out=tmp_path / "out")
+    test = samples(root, "test")
+    assert sorted(s.defect for s in test) == ["good", "mono", "poly"]
+    assert {s.path.name for s in test if s.label} == {"cell0004.png", "cell0005.png"}
+
+
+def test_covid_folders_other_than_normal_are_anomalous_whatever_the_case(tmp_path, write_image, write_mask):
+    for normal in ("NORMAL", "Normal", "normal"):
+        raw = tmp_path / normal
+        write_image(raw / f"{normal}/n.png")
+        write_image(raw / "COVID/c.png")
+        write_image(raw / "Viral Pneumonia/v.png")
+        root = prepare("covid19", raw=raw, out=tmp_path / f"out_{normal}")
+        assert sorted((s.defect, s.label) for s in samples(root, "test")) == [
+            ("COVID", 1), ("Viral Pneumonia", 1), ("good", 0)
+        ]
+
+
+@pytest.mark.parametrize("header,sep", [("\ufeffid, hemorrhage", ","), ("id;hemorrhage", ";")])
+def test_headct_labels_csv_with_a_bom_or_semicolons_is_read(header, sep, tmp_path, write_image):
+    raw = tmp_path / "raw"
+    for i in range(4):
+        write_image(raw / f"head_ct/{i:03d}.png", mode="L")
+    (raw / "labels.csv").write_text(header + "\n" + "".join(f"{i}{sep}{int(i == 3)}\n" for i in range(4)),
+                                    encoding="utf-8")
+    root = prepare("headct", raw=raw, out=tmp_path / "out")
+    assert sorted(s.label for s in samples(root, "test")) == [0, 1]  # 1 of 3 normals held out, 1 hemorrhage
+
+
+def test_headct_image_missing_from_the_raw_folder_is_skipped_with_a_warning_naming_it(tmp_path, write_image):
+    headct_raw(tmp_path / "raw", write_image, None)
+    (tmp_path / "raw/head_ct/head_ct/007.png").unlink()
+    with pytest.warns(UserWarning, match=r"1 unreadable raw images were skipped:\n.*head_ct/007.png"):
+        root = prepare("headct", raw=tmp_path / "raw", out=tmp_path / "out")
+    assert sum(s.label for s in samples(root, "test")) == 1
+
+
+def test_corrupt_and_zero_byte_raw_images_are_skipped_and_listed_not_copied(tmp_path, write_image, write_mask):
+    mvtec_raw(tmp_path / "raw", write_image, write_mask)
+    (tmp_path / "raw/bottle/train/good/empty.png").write_bytes(b"")
+    cut = write_image(tmp_path / "raw/bottle/train/good/cut.png", size=(64, 64))
+    cut.write_bytes(cut.read_bytes()[:100])
+    with pytest.warns(UserWarning, match=r"2 unreadable raw images were skipped") as record:
+        root = prepare("mvtec", raw=tmp_path / "raw", out=tmp_path / "out")
+    message = str(record[0].message)
+    assert "raw/bottle/train/good/cut.png" in message and "raw/bottle/train/good/empty.png" in message
+    assert ".partial" not in message
+    assert [s.path.name for s in samples(root, "train")] == ["000.png"]
+
+
+def test_prepared_meta_json_reads_with_the_official_reader_rule(tmp_path, write_image, write_mask):
+    """AnomalyCLIP dataset.py: items of meta[mode][cls], paths joined to the root, mask '' for normals."""
+    isic_raw(tmp_path / "raw", write_image, write_mask)
+    root = prepare("isic", raw=tmp_path / "raw", out=tmp_path / "out")
+    meta = json.loads((root / "meta.json").read_text())
+    assert list(meta["test"]) == ["skin"]  # the class name generate_class_info('ISBI') lists
+    for item in meta["test"]["skin"]:
+        assert (root / item["img_path"]).is_file() and item["cls_name"] == "skin"
+        assert bool(item["mask_path"]) == bool(item["anomaly"])
+        if item["anomaly"]:
+            assert (np.array(Image.open(root / item["mask_path"]).convert("L")) > 0).any()

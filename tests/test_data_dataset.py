@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,10 @@ import torch
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
-from zsadlab.data import AnomalyDataset, DatasetError, Sample, collate
+from torchvision import transforms
+
+from zsadlab.data import AnomalyDataset, DatasetError, Sample, collate, prepare
+from zsadlab.data.dataset import image_tensor, resized_rgb
 
 
 @pytest.fixture
@@ -108,24 +112,73 @@ def test_anomalous_image_without_mask_fails_when_masks_are_required(root):
         AnomalyDataset(root, "test", require_masks=True)
 
 
-def test_mask_of_another_size_names_both_files(root, write_mask):
-    write_mask(root / "bottle/ground_truth/crack/000_mask.png", size=(10, 10))
-    with pytest.raises(DatasetError, match="000_mask.png.*10x10.*16x12"):
-        AnomalyDataset(root, "test")[0]
+def official_mask(path: Path, size: int) -> torch.Tensor:
+    """AnomalyCLIP's mask rule written with torchvision (dataset.py, utils.py get_transform, test.py)."""
+    binary = np.array(Image.open(path).convert("L")) > 0
+    pil = Image.fromarray(binary.astype(np.uint8) * 255, mode="L")
+    target = transforms.Compose([transforms.Resize((size, size)), transforms.CenterCrop(size), transforms.ToTensor()])
+    return (target(pil)[0] > 0.5).float()  # [S, S]
 
 
-def test_non_binary_masks_are_thresholded_at_127_with_one_warning_per_dataset(root):
-    soft = np.zeros((12, 16), np.uint8)
-    soft[:, :8], soft[0, 8] = 200, 100  # two non-zero levels: not binary
-    Image.fromarray(soft).save(root / "bottle/ground_truth/crack/000_mask.png")
-    Image.fromarray(soft // 2).save(root / "cable/ground_truth/crack/000_mask.png")  # 100 and 50
-    ds = AnomalyDataset(root, "test", image_size=None)
+@pytest.mark.parametrize("size", [112, 518])
+def test_mask_with_labels_0_1_2_keeps_both_regions_and_equals_the_official_rule(size, tmp_path, write_image):
+    labels = np.zeros((90, 130), np.uint8)  # two defects labelled 1 and 2, thin enough to test the resize rule
+    labels[10:40, 5:9], labels[50:53, 60:120] = 1, 2
+    raw = tmp_path / "raw"
+    write_image(raw / "part/test/good/000.png", size=(130, 90))
+    write_image(raw / "part/test/two/000.png", size=(130, 90))
+    (raw / "part/ground_truth/two").mkdir(parents=True)
+    Image.fromarray(labels).save(raw / "part/ground_truth/two/000_mask.png")
+    root = prepare("mvtec", raw=raw, out=tmp_path / "out")
+    item = next(it for it in AnomalyDataset(root, "test", image_size=size) if it["label"] == 1)
+    expected = official_mask(raw / "part/ground_truth/two/000_mask.png", size)
+    torch.testing.assert_close(item["mask"], expected, rtol=0, atol=0)
+    top, bottom = expected[: size * 45 // 90], expected[size * 45 // 90 :]
+    assert top.sum() > 0 and bottom.sum() > 0  # both regions survive
+
+
+def test_mask_of_another_size_is_resized_like_the_official_code_with_one_warning(root, write_mask):
+    path = write_mask(root / "bottle/ground_truth/crack/000_mask.png", size=(10, 10), box=(2, 8, 2, 8))
+    write_mask(root / "cable/ground_truth/crack/000_mask.png", size=(10, 10))
+    ds = AnomalyDataset(root, "test", image_size=8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         masks = [ds[i]["mask"] for i in range(len(ds))]
-    assert len([w for w in caught if "not binary" in str(w.message)]) == 1
-    assert masks[0].sum() == 12 * 8  # 200 > 127, 100 is not
-    assert masks[2].sum() == 0  # nothing above 127
+    assert len([w for w in caught if "10x10 but its image" in str(w.message)]) == 1
+    torch.testing.assert_close(masks[0], official_mask(path, 8), rtol=0, atol=0)
+    native = AnomalyDataset(root, "test", image_size=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert native[0]["mask"].shape == (12, 16)
+
+
+def test_image_squash_is_the_anomalyclip_transform_and_crop_is_the_inctrl_one(tmp_path, write_image):
+    path = write_image(tmp_path / "r/cls/test/good/000.png", size=(320, 200))
+    norm = transforms.Normalize(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
+    bicubic = transforms.InterpolationMode.BICUBIC
+    anomalyclip = transforms.Compose(
+        [transforms.Resize((240, 240), bicubic), transforms.CenterCrop(240), transforms.ToTensor(), norm]
+    )
+    inctrl = transforms.Compose([transforms.Resize(240, bicubic), transforms.CenterCrop(240), transforms.ToTensor(), norm])
+    with Image.open(path) as img:
+        expected = {"squash": anomalyclip(img), "shorter_side_center_crop": inctrl(img)}
+    for mode, tensor in expected.items():
+        got = AnomalyDataset(tmp_path / "r", "test", image_size=240, resize=mode)[0]["image"]
+        torch.testing.assert_close(got, tensor, atol=1e-5, rtol=0)
+        torch.testing.assert_close(image_tensor(path, 240, mode), tensor, atol=1e-5, rtol=0)
+    assert not torch.allclose(expected["squash"], expected["shorter_side_center_crop"], atol=0.1)
+
+
+@pytest.mark.parametrize("size", [(200, 320), (241, 240), (333, 97)])
+def test_shorter_side_center_crop_matches_torchvision_for_tall_and_odd_sizes(size):
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    crop = transforms.Compose([transforms.Resize(240, transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(240)])
+    assert np.array_equal(resized_rgb(np.array(img), 240, "shorter_side_center_crop"), np.array(crop(img)))
+
+
+def test_unknown_resize_mode_is_refused_at_construction(root):
+    with pytest.raises(DatasetError, match="unknown resize mode 'stretch'"):
+        AnomalyDataset(root, "test", resize="stretch")
 
 
 def test_truncated_image_error_names_the_file(root):

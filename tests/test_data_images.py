@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from zsadlab.data import DatasetError, load_mask, load_rgb
-from zsadlab.data.images import binarise, is_binary, load_mask_values
+from zsadlab.data.images import image_size, load_mask_values
 
 
 def test_grayscale_image_is_loaded_as_three_identical_channels(write_image, tmp_path):
@@ -52,19 +52,41 @@ def test_non_image_file_raises_dataset_error(tmp_path):
         load_rgb(path)
 
 
-def test_masks_with_zero_and_one_other_value_are_binary():
-    for values in ([[0, 255]], [[0, 1]], [[0, 0]], [[0, 3]]):
-        assert is_binary(np.array(values, np.uint8))
-    assert not is_binary(np.array([[0, 128, 255]], np.uint8))
+def test_every_non_zero_mask_value_is_anomalous_like_the_official_reader(tmp_path):
+    path = tmp_path / "labels.png"
+    Image.fromarray(np.array([[0, 1, 2, 127, 128, 255]], np.uint8)).save(path)
+    assert load_mask(path).tolist() == [[0, 1, 1, 1, 1, 1]]
 
 
-def test_binary_mask_keeps_every_non_zero_pixel_like_the_official_reader():
-    assert binarise(np.array([[0, 1]], np.uint8)).tolist() == [[0, 1]]
-    assert binarise(np.array([[0, 40, 40]], np.uint8)).tolist() == [[0, 1, 1]]
+def test_label_1_in_a_16_bit_mask_is_kept(tmp_path):
+    path = tmp_path / "deep_mask.png"
+    Image.fromarray(np.array([[0, 1, 60000]], np.uint16)).save(path)
+    assert load_mask(path).tolist() == [[0, 1, 1]]
 
 
-def test_non_binary_mask_is_thresholded_at_127():
-    assert binarise(np.array([[0, 3, 127, 128, 255]], np.uint8)).tolist() == [[0, 0, 0, 1, 1]]
+def test_12_bit_image_in_a_16_bit_png_is_scaled_by_its_own_bit_depth_not_to_near_black(tmp_path):
+    path = tmp_path / "scan12.png"
+    Image.fromarray(np.array([[0, 2048, 4095]], np.uint16)).save(path)
+    assert load_rgb(path)[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_exif_rotation_is_applied_to_images_and_sizes(tmp_path):
+    path = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.new("RGB", (40, 20), (200, 0, 0)).save(path, exif=exif)
+    assert load_rgb(path).shape == (40, 20, 3)
+    assert image_size(path) == (20, 40)
+
+
+def test_decompression_bomb_is_one_clear_error_naming_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "huge.png"
+    Image.new("L", (300, 300)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300 * 300 // 4)  # 300x300 is now over twice the limit
+    with pytest.raises(DatasetError, match="huge.png is too large to read safely"):
+        load_rgb(path)
+    with pytest.raises(DatasetError, match="huge.png is too large"):
+        image_size(path)
 
 
 def test_palette_mask_is_read_by_index_not_by_colour(tmp_path):

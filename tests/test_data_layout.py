@@ -94,3 +94,13 @@ def test_folder_in_neither_format_is_an_unknown_layout_with_the_prepare_command(
 def test_unknown_split_is_rejected(mvtec_root):
     with pytest.raises(DatasetError, match="split"):
         samples(mvtec_root, "val")
+
+
+@pytest.mark.parametrize("escape", ["../outside.png", "/etc/passwd"])
+def test_meta_json_paths_outside_the_root_are_refused(escape, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    item = {"img_path": escape, "mask_path": "", "cls_name": "x", "specie_name": "good", "anomaly": 0}
+    (root / "meta.json").write_text(json.dumps({"train": {}, "test": {"x": [item]}}))
+    with pytest.raises(DatasetError, match="outside"):
+        samples(root, "test")

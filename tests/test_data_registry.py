@@ -11,11 +11,12 @@ SEED_DATASETS = {
     "mvtec", "visa", "mpdd", "btad", "sdd", "dagm", "dtd_synthetic",  # industrial
     "isic", "clinicdb", "colondb", "kvasir", "endo", "tn3k", "headct", "brainmri", "br35h", "covid19",  # medical
 }
+INCTRL_PROTOCOL = {"sdd_inctrl", "headct_inctrl", "brainmri_inctrl"}  # where InCTRL's protocol differs
 EXTRA = {"tn3k_trainval", "elpv", "magnetic_tile", "mpdd_metal_plate", "synthetic_industrial", "synthetic_ultrasound"}
 
 
-def test_names_lists_the_17_seed_datasets_and_the_extras():
-    assert set(registry.names()) == SEED_DATASETS | EXTRA
+def test_names_lists_the_17_seed_datasets_their_inctrl_variants_and_the_extras():
+    assert set(registry.names()) == SEED_DATASETS | INCTRL_PROTOCOL | EXTRA
     assert len(registry.names()) == len(set(registry.names()))
 
 
@@ -37,8 +38,13 @@ def test_entries_are_frozen():
 
 def test_image_level_sets_are_those_without_masks():
     assert {n for n in registry.names() if not registry.entry(n).masks} == {
-        "headct", "brainmri", "br35h", "covid19", "elpv"
+        "headct", "headct_inctrl", "brainmri", "brainmri_inctrl", "br35h", "covid19", "elpv"
     }
+
+
+@pytest.mark.parametrize("name", sorted(SEED_DATASETS | INCTRL_PROTOCOL | {"elpv", "tn3k_trainval"}))
+def test_every_official_dataset_names_the_official_script_it_reproduces(name):
+    assert registry.entry(name).protocol.startswith(("AnomalyCLIP generate_dataset_json/", "InCTRL datasets/"))
 
 
 def test_unknown_name_lists_the_known_ones():

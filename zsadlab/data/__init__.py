@@ -3,15 +3,15 @@
 Modules, one concept each:
 
 - ``errors``     -- ``DatasetError``, the one exception for bad input
-- ``images``     -- reading images and masks as numpy arrays (``load_rgb``, ``load_mask``)
+- ``images``     -- reading images and masks as numpy arrays (``load_rgb``, ``load_mask``: the official ``> 0``)
 - ``layout``     -- the common layout and AnomalyCLIP's ``meta.json`` (``Sample``, ``samples``)
 - ``writer``     -- ``LayoutWriter``, which converters use to write the layout
-- ``converters`` -- raw download -> common layout, one function per raw layout
+- ``converters`` -- raw download -> common layout, one per official script (see ``PROTOCOL.md``)
 - ``synthetic``  -- the seeded smoke sets ``synthetic_industrial`` and ``synthetic_ultrasound``
 - ``registry``   -- one entry per dataset: source, license, raw layout, converter
 - ``files``, ``download`` -- atomic folders, verified resumable downloads, safe extraction
 - ``prepare``    -- ``prepare``, ``ensure_dataset``, ``fetch_raw``
-- ``dataset``    -- ``AnomalyDataset`` (torch) and ``collate``
+- ``dataset``    -- ``AnomalyDataset`` (torch, the official transforms: ``RESIZE_MODES``), ``image_tensor``, ``collate``
 
 Typical use::
 
@@ -19,7 +19,7 @@ Typical use::
     ds = AnomalyDataset(root, split="test", image_size=224)
     batch = collate([ds[0], ds[1]])
 """
-from .dataset import AnomalyDataset, collate
+from .dataset import RESIZE_MODES, AnomalyDataset, collate, image_tensor
 from .errors import DatasetError
 from .images import load_mask, load_rgb
 from .layout import Sample
@@ -27,12 +27,14 @@ from .prepare import ensure_dataset, fetch_raw, prepare
 from .registry import names
 
 __all__ = [
+    "RESIZE_MODES",
     "AnomalyDataset",
     "DatasetError",
     "Sample",
     "collate",
     "ensure_dataset",
     "fetch_raw",
+    "image_tensor",
     "load_mask",
     "load_rgb",
     "names",

@@ -1,9 +1,16 @@
 """``AnomalyDataset``: the torch Dataset over a prepared (common-layout) root, and ``collate``.
 
-Transforms follow the official AnomalyCLIP / InCTRL test transforms:
-``Resize((S, S), BICUBIC)`` then ``CenterCrop(S)`` (a no-op after a square
-resize, so it is not repeated here), ``ToTensor``, ``Normalize(mean, std)``
-with OpenAI CLIP statistics. Masks: nearest resize, values in {0, 1}.
+Images follow one of the two official test transforms (``RESIZE_MODES``), then
+``ToTensor`` and ``Normalize(mean, std)`` with OpenAI CLIP statistics:
+
+- ``"squash"`` -- AnomalyCLIP ``utils.py`` ``get_transform``: ``Resize((S, S), BICUBIC)``
+  then ``CenterCrop(S)`` (a no-op after a square resize). The aspect ratio changes.
+- ``"shorter_side_center_crop"`` -- InCTRL ``engine_test.py`` / ``main.py``: ``Resize(S, BICUBIC)``
+  (shorter side to S, longer side ``int(S * long / short)``) then ``CenterCrop(S)``.
+
+Masks follow the official AnomalyCLIP rule (``dataset.py`` + ``utils.py`` + ``test.py``):
+``> 0`` at native size, times 255, the same geometry with BILINEAR (antialiased, on the
+PIL image, as torchvision's ``Resize`` on PIL images), ``ToTensor``, then ``> 0.5``.
 """
 from __future__ import annotations
 
@@ -19,22 +26,44 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import DatasetError
-from .images import binarise, is_binary, load_mask_values, load_rgb
+from .images import load_mask, load_rgb
 from .layout import Sample, samples
 
+RESIZE_MODES = ("squash", "shorter_side_center_crop")  # AnomalyCLIP's, InCTRL's
 
-def resized_rgb(rgb: np.ndarray, size: int | None) -> np.ndarray:
-    """[H, W, 3] uint8 -> [S, S, 3] uint8, bicubic (PIL, as torchvision's Resize on PIL images)."""
+
+def checked_resize_mode(resize: str) -> str:
+    """``resize`` if it is one of ``RESIZE_MODES``, else :class:`DatasetError`."""
+    if resize not in RESIZE_MODES:
+        raise DatasetError(f"unknown resize mode {resize!r}: use one of {RESIZE_MODES}.")
+    return resize
+
+
+def resized(img: Image.Image, size: int | None, resize: str, resample: int) -> Image.Image:
+    """``img`` through the official geometry of ``resize`` (see ``RESIZE_MODES``) to [S, S]; ``None`` keeps it."""
+    checked_resize_mode(resize)
     if size is None:
-        return rgb
-    return np.array(Image.fromarray(rgb).resize((size, size), Image.BICUBIC))
+        return img
+    if resize == "squash":
+        return img.resize((size, size), resample)
+    width, height = img.size  # torchvision Resize(int): shorter side -> size, longer side truncated
+    short, long = min(width, height), max(width, height)
+    new_long = int(size * long / short)
+    img = img.resize((size, new_long) if width <= height else (new_long, size), resample)
+    left = int(round((img.width - size) / 2.0))  # torchvision CenterCrop offsets
+    top = int(round((img.height - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
 
 
-def resized_mask(mask: np.ndarray, size: int | None) -> np.ndarray:
-    """[H, W] {0,1} -> [S, S] {0,1}, nearest neighbour."""
-    if size is None:
-        return mask
-    return np.array(Image.fromarray(mask).resize((size, size), Image.NEAREST))
+def resized_rgb(rgb: np.ndarray, size: int | None, resize: str = "squash") -> np.ndarray:
+    """[H, W, 3] uint8 -> [S, S, 3] uint8, bicubic through the geometry of ``resize``."""
+    return np.array(resized(Image.fromarray(rgb), size, resize, Image.BICUBIC))
+
+
+def resized_mask(mask: np.ndarray, size: int | None, resize: str = "squash") -> np.ndarray:
+    """[H, W] {0, 1} -> [S, S] {0, 1} by the official rule: ×255, bilinear, then ``/ 255 > 0.5``."""
+    scaled = resized(Image.fromarray((mask > 0).astype(np.uint8) * 255), size, resize, Image.BILINEAR)
+    return (np.array(scaled) > 127).astype(np.uint8)  # v / 255 > 0.5  <=>  v >= 128 for uint8 v
 
 
 def normalised_tensor(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -43,14 +72,28 @@ def normalised_tensor(rgb: np.ndarray, mean: Sequence[float], std: Sequence[floa
     return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))  # [3, H, W]
 
 
+def image_tensor(
+    path: str | Path,
+    size: int | None,
+    resize: str = "squash",
+    mean: Sequence[float] = OPENAI_DATASET_MEAN,
+    std: Sequence[float] = OPENAI_DATASET_STD,
+) -> torch.Tensor:
+    """One image file (a dataset item or a user's own picture) -> [3, S, S] float, the official test transform."""
+    return normalised_tensor(resized_rgb(load_rgb(path), size, resize), mean, std)
+
+
 class AnomalyDataset(Dataset):
     """Images (and masks) of one split of a prepared dataset root.
 
     Args:
         root: a folder in the common layout or with an AnomalyCLIP ``meta.json``.
-        split: ``"train"`` (normal images only) or ``"test"``.
+        split: ``"train"`` (normal images only), ``"test"``, or ``"inctrl_train"``: InCTRL's
+            training pool, every image of both splits (``gen_train_json.py``).
         classes: keep only these class names (``None``: all).
         image_size: square side S; ``None`` keeps the native size (for plots).
+        resize: ``"squash"`` (AnomalyCLIP's transform, the default) or
+            ``"shorter_side_center_crop"`` (InCTRL's); see ``RESIZE_MODES``.
         mean, std: normalisation (OpenAI CLIP statistics by default).
         require_masks: raise if an anomalous image has no mask (pixel-level evaluation and
             AnomalyCLIP training need them).
@@ -66,6 +109,7 @@ class AnomalyDataset(Dataset):
         split: str = "test",
         classes: Sequence[str] | None = None,
         image_size: int | None = 112,
+        resize: str = "squash",
         mean: Sequence[float] = OPENAI_DATASET_MEAN,
         std: Sequence[float] = OPENAI_DATASET_STD,
         require_masks: bool = False,
@@ -73,11 +117,12 @@ class AnomalyDataset(Dataset):
         self.root = Path(root)
         self.split = split
         self.image_size = image_size
+        self.resize = checked_resize_mode(resize)
         self.mean, self.std = tuple(mean), tuple(std)
         self.samples: list[Sample] = _selected(samples(self.root, split), classes, self.root, split)
         if require_masks:
             _check_masks(self.samples, self.root)
-        self._warned_non_binary = False
+        self._warned_mask_size = False
 
     @property
     def classes(self) -> list[str]:
@@ -110,8 +155,8 @@ class AnomalyDataset(Dataset):
         rgb = load_rgb(sample.path)  # [H, W, 3]
         mask = self._mask(sample, rgb.shape[:2])  # [H, W] or None
         return {
-            "image": normalised_tensor(resized_rgb(rgb, self.image_size), self.mean, self.std),  # [3, S, S]
-            "mask": None if mask is None else torch.from_numpy(resized_mask(mask, self.image_size)).float(),
+            "image": normalised_tensor(resized_rgb(rgb, self.image_size, self.resize), self.mean, self.std),
+            "mask": None if mask is None else torch.from_numpy(mask).float(),  # [S, S]
             "label": sample.label,
             "class_name": sample.class_name,
             "defect": sample.defect,
@@ -119,25 +164,35 @@ class AnomalyDataset(Dataset):
         }
 
     def _mask(self, sample: Sample, shape: tuple[int, int]) -> np.ndarray | None:
-        """The {0, 1} uint8 mask [H, W] of ``sample`` at the image's native size, or None."""
+        """The {0, 1} uint8 mask [S, S] of ``sample`` by the official rule, or None (no pixel labels).
+
+        A mask whose size differs from its image's is resized as the official code
+        does (straight to [S, S]; to the image's size first when the geometry needs it),
+        with one warning per dataset.
+        """
         if not sample.has_mask:
             return None
         if sample.mask_path is None:
-            return np.zeros(shape, dtype=np.uint8)
-        values = load_mask_values(sample.mask_path)  # [H, W] uint8
-        if values.shape != shape:
-            raise DatasetError(
-                f"mask {sample.mask_path} is {values.shape[1]}x{values.shape[0]} but its image {sample.path} is "
-                f"{shape[1]}x{shape[0]}: masks must have their image's size. Re-export the mask or re-run prepare."
-            )
-        if not is_binary(values) and not self._warned_non_binary:
-            self._warned_non_binary = True
-            warnings.warn(
-                f"{self.root}: mask {sample.mask_path} is not binary (more than one non-zero value); "
-                "masks of this dataset are thresholded at 127 (warned once per dataset).",
-                stacklevel=3,
-            )
-        return binarise(values)
+            native = np.zeros(shape, dtype=np.uint8)
+        else:
+            native = load_mask(sample.mask_path)  # [h, w] {0, 1}
+        if native.shape != shape:
+            self._warn_mask_size(sample, native.shape, shape)
+            if self.image_size is None or self.resize != "squash":
+                scaled = Image.fromarray(native * 255).resize(shape[::-1], Image.BILINEAR)
+                native = (np.array(scaled) > 127).astype(np.uint8)  # [H, W]
+        return resized_mask(native, self.image_size, self.resize)
+
+    def _warn_mask_size(self, sample: Sample, mask_shape: tuple[int, int], shape: tuple[int, int]) -> None:
+        """Warn once per dataset that a mask and its image differ in size."""
+        if self._warned_mask_size:
+            return
+        self._warned_mask_size = True
+        warnings.warn(
+            f"mask {sample.mask_path} is {mask_shape[1]}x{mask_shape[0]} but its image {sample.path} is "
+            f"{shape[1]}x{shape[0]}; resized as the official code does (warned once per dataset).",
+            stacklevel=3,
+        )
 
 
 def _selected(all_samples: list[Sample], classes: Sequence[str] | None, root: Path, split: str) -> list[Sample]:

@@ -2,15 +2,15 @@
 
 Every reader returns one array and converts the formats real datasets ship:
 16-bit and palette PNGs, RGBA, grayscale and CMYK all become 8-bit RGB (images)
-or 8-bit grayscale (masks). Unreadable or truncated files raise
-:class:`DatasetError` naming the file.
+or {0, 1} masks (the official ``> 0`` rule). EXIF rotation is applied. Unreadable,
+truncated or decompression-bomb-sized files raise :class:`DatasetError` naming the file.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import DatasetError
 
@@ -30,13 +30,17 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def _open_fully(path: Path) -> Image.Image:
-    """Open and decode ``path`` completely (PIL is lazy: truncation shows only on load)."""
+    """Open and decode ``path`` completely, EXIF orientation applied (PIL is lazy: truncation shows only on load)."""
     try:
         with Image.open(path) as img:
             img.load()
-            return img.copy()
+            return ImageOps.exif_transpose(img)  # a copy, upright as a photo viewer shows it
     except FileNotFoundError:
-        raise DatasetError(f"image not found: {path}. Re-run `zsadlab data prepare` for this dataset.") from None
+        raise DatasetError(
+            f"image not found: {path}. Restore it, or re-run `zsadlab data prepare` if it belongs to a prepared dataset."
+        ) from None
+    except Image.DecompressionBombError as err:
+        raise DatasetError(f"image {path} is too large to read safely ({err}): downscale it or remove it.") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DatasetError(
             f"cannot read image {path} ({err}). The file is truncated or not an image: "
@@ -44,11 +48,16 @@ def _open_fully(path: Path) -> Image.Image:
         ) from None
 
 
+SENSOR_DEPTHS = (8, 10, 12, 14, 16)  # bit depths cameras and scanners write into 16-bit files
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
     """8-bit version of a 16/32-bit integer or float image.
 
-    Integer images whose values exceed 255 are scaled from 0..65535; float images
-    in 0..1 are scaled to 0..255; other values are clipped.
+    Integer images are scaled by their actual bit depth: the smallest of
+    ``SENSOR_DEPTHS`` that holds their largest value (a 12-bit scan stored in a
+    16-bit PNG is scaled from 0..4095, not 0..65535). Float images in 0..1 are
+    scaled to 0..255; other values are clipped.
     """
     if img.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
         return img
@@ -56,7 +65,8 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     if img.mode == "F":
         top = 1.0 if values.max() <= 1.0 else 255.0
     else:
-        top = 65535.0 if values.max() > 255 else 255.0
+        depth = next((d for d in SENSOR_DEPTHS if values.max() < 2**d), SENSOR_DEPTHS[-1])
+        top = 2.0**depth - 1
     return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
 
 
@@ -65,47 +75,49 @@ def load_rgb(path: str | Path) -> np.ndarray:
 
     Grayscale is replicated to three channels, palette images are expanded,
     RGBA is composited on black (alpha dropped, as ``PIL.convert('RGB')``),
-    16-bit images are scaled down to 8 bits.
+    16-bit images are scaled down to 8 bits, EXIF rotation is applied.
     """
     img = _to_8bit(_open_fully(Path(path)))
     return np.array(img.convert("RGB"))  # writable copy
 
 
 def load_mask_values(path: str | Path) -> np.ndarray:
-    """The raw values of the mask file at ``path``, uint8 [H, W].
+    """The values of the mask file at ``path`` as the official reader sees them, uint8 [H, W].
 
-    Palette masks give their palette indices (the label, not a colour); colour
-    masks are converted to luminance.
+    AnomalyCLIP ``dataset.py`` reads ``Image.open(mask).convert('L')``: colour and
+    palette masks become luminance. 16-bit masks are scaled like images.
     """
     img = _to_8bit(_open_fully(Path(path)))
-    return np.array(img if img.mode == "P" else img.convert("L"))  # writable copy
-
-
-def is_binary(values: np.ndarray) -> bool:
-    """True when a mask holds 0 and at most one other value (0/255, 0/1, palette 0/k...)."""
-    return np.unique(values[values > 0]).size <= 1
-
-
-def binarise(values: np.ndarray) -> np.ndarray:
-    """A {0, 1} uint8 mask [H, W] from raw mask values.
-
-    A binary mask (see :func:`is_binary`) keeps every non-zero pixel, as the
-    official AnomalyCLIP reader (``mask > 0``) does. Any other mask (JPEG
-    artefacts, anti-aliased edges) is thresholded at 127: value > 127 is anomalous.
-    """
-    return ((values > 0) if is_binary(values) else (values > 127)).astype(np.uint8)
+    return np.array(img.convert("L"))  # writable copy
 
 
 def load_mask(path: str | Path) -> np.ndarray:
-    """The mask at ``path`` as a {0, 1} uint8 array [H, W] (see :func:`binarise`)."""
-    return binarise(load_mask_values(path))
+    """The mask at ``path`` as a {0, 1} uint8 array [H, W]: every non-zero pixel is anomalous.
+
+    This is the official rule (AnomalyCLIP ``dataset.py``: ``convert('L') > 0``), so a
+    multi-defect mask with labels {0, 1, 2} keeps all its regions. Integer 16-bit
+    masks are compared before any scaling, so a label 1 in a 16-bit file stays.
+    """
+    img = _open_fully(Path(path))
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return (np.asarray(img) > 0).astype(np.uint8)
+    return (np.array(img.convert("L")) > 0).astype(np.uint8)
+
+
+EXIF_ORIENTATION = 0x0112
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) read from the file header only (fast, no decoding)."""
+    """(width, height) as :func:`load_rgb` returns the image, read from the header only (no decoding)."""
     try:
         with Image.open(path) as img:
-            return img.size
+            width, height = img.size
+            if img.getexif().get(EXIF_ORIENTATION) in TRANSPOSING_ORIENTATIONS:
+                return height, width
+            return width, height
+    except Image.DecompressionBombError as err:
+        raise DatasetError(f"image {path} is too large to read safely ({err}): downscale it or remove it.") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"cannot read image {path} ({err}). Re-download it or delete this file.") from None
 

@@ -22,13 +22,15 @@ work unchanged); otherwise the class folders are scanned.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DatasetError
 from .images import image_files
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test")  # the folders on disk
+INCTRL_TRAIN = "inctrl_train"  # a split to load: InCTRL's training pool (see :func:`samples`)
 NORMAL = "good"
 META_FILE = "meta.json"
 
@@ -111,17 +113,29 @@ def _classes_with_masks(root: Path, meta: dict) -> set[str]:
     return named | {cls for cls in classes if (root / cls / "ground_truth").is_dir()}
 
 
+def _inside(root: Path, relative: str) -> Path:
+    """``root / relative`` if it stays inside ``root`` (lexically), else :class:`DatasetError`."""
+    path = root / relative
+    if not os.path.normpath(path).startswith(os.path.normpath(root) + os.sep):
+        raise DatasetError(
+            f"{root / META_FILE} lists {relative!r}, which is outside {root}: a meta.json may only name files in "
+            "its own folder. Regenerate it with `zsadlab data prepare`, or delete it to scan the folders."
+        )
+    return path
+
+
 def meta_samples(root: Path, meta: dict, split: str) -> list[Sample]:
-    """Samples of ``split`` listed in an AnomalyCLIP ``meta.json`` (paths resolved against ``root``)."""
+    """Samples of ``split`` listed in an AnomalyCLIP ``meta.json`` (paths inside ``root``, resolved against it)."""
     masked = _classes_with_masks(root, meta)
     samples = []
     for class_name, items in sorted(meta.get(split, {}).items()):
         for item in items:
             try:
                 label = int(item["anomaly"])
-                mask = root / item["mask_path"] if label and item["mask_path"] else None
+                image = _inside(root, item["img_path"])
+                mask = _inside(root, item["mask_path"]) if label and item["mask_path"] else None
                 has_mask = class_name in masked and (label == 0 or mask is not None)
-                samples.append(Sample(root / item["img_path"], mask, label, class_name, item["specie_name"], has_mask))
+                samples.append(Sample(image, mask, label, class_name, item["specie_name"], has_mask))
             except (KeyError, TypeError, ValueError) as err:
                 raise DatasetError(
                     f"{root / META_FILE}: item {item!r} lacks {err}; items need img_path, mask_path, "
@@ -133,11 +147,16 @@ def meta_samples(root: Path, meta: dict, split: str) -> list[Sample]:
 def samples(root: str | Path, split: str) -> list[Sample]:
     """Samples of ``split`` under ``root``, from ``meta.json`` when present, else from the folders.
 
+    ``split`` is ``"train"``, ``"test"`` or ``INCTRL_TRAIN``: InCTRL's training pool
+    (``datasets/preprocess/gen_train_json.py``), i.e. the normals of ``train/good`` and
+    ``test/good`` and the anomalies of the test defects -- every image of both splits.
     Raises :class:`DatasetError` for an unknown split or a folder in neither format.
     """
     root = Path(root)
+    if split == INCTRL_TRAIN:
+        return samples(root, "train") + samples(root, "test")
     if split not in SPLITS:
-        raise DatasetError(f"unknown split {split!r}: use one of {SPLITS}.")
+        raise DatasetError(f"unknown split {split!r}: use one of {SPLITS + (INCTRL_TRAIN,)}.")
     if (root / META_FILE).is_file():
         return meta_samples(root, read_meta(root), split)
     if not layout_classes(root):

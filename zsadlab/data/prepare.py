@@ -1,11 +1,13 @@
 """Turning a dataset name into a prepared root: ``prepare``, ``ensure_dataset``, ``fetch_raw``.
 
-Every prepared root is built atomically (see :mod:`zsadlab.data.files`) and
-gets an AnomalyCLIP ``meta.json`` describing it, so the official code can read
-it too.
+Every prepared root is built atomically (see :mod:`zsadlab.data.files`), gets
+an AnomalyCLIP ``meta.json`` describing it and the marker file ``MARKER``. Only a
+folder holding that marker may be replaced (``overwrite=True`` / ``--force``), and
+never one that contains the raw folder: nothing the user owns is ever deleted.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from ..utils import write_json_atomic
@@ -16,6 +18,8 @@ from .layout import META_FILE, layout_classes, meta_of
 from .registry import DatasetEntry, entry, how_to_get
 from .writer import LayoutWriter
 
+MARKER = ".zsadlab-prepared"  # written into every root prepare() builds; only such roots may be replaced
+
 
 def prepare(name: str, raw: str | Path | None = None, out: str | Path | None = None, seed: int = 0,
             overwrite: bool = False) -> Path:
@@ -23,12 +27,14 @@ def prepare(name: str, raw: str | Path | None = None, out: str | Path | None = N
 
     Real datasets are converted from the raw folder ``raw``; synthetic ones are
     generated from ``seed`` (``raw`` is ignored). Nothing appears at ``out`` unless
-    the whole conversion succeeded.
+    the whole conversion succeeded. ``overwrite`` replaces only a folder this
+    function wrote (see :func:`check_replaceable`).
     """
     item = entry(name)
     out = Path(out) if out is not None else Path("data") / name
     if not item.synthetic:
         raw = _checked_raw(item, raw)
+    check_replaceable(out, raw if not item.synthetic else None, overwrite)
     with atomic_dir(out, overwrite) as tmp:
         writer = LayoutWriter(tmp, masks=item.masks)
         try:
@@ -38,10 +44,39 @@ def prepare(name: str, raw: str | Path | None = None, out: str | Path | None = N
                 item.convert(raw, writer)
         except DatasetError as err:
             raise DatasetError(f"{err}\n{item.title}: expected raw layout: {item.raw_layout}") from None
+        if writer.skipped:
+            warnings.warn(
+                f"{len(writer.skipped)} unreadable raw images were skipped:\n  " + "\n  ".join(writer.skipped),
+                stacklevel=2,
+            )
         if writer.count == 0:
             raise DatasetError(f"no images found in {raw}. {item.title}: expected raw layout: {item.raw_layout}")
         write_json_atomic(meta_of(tmp), tmp / META_FILE)
+        (tmp / MARKER).write_text(f"prepared by zsadlab: {name}\n", encoding="utf-8")
     return out
+
+
+def check_replaceable(out: Path, raw: Path | None, overwrite: bool) -> None:
+    """Raise :class:`DatasetError` unless writing ``out`` can delete nothing the user owns.
+
+    ``out`` may not be ``raw`` or a folder above it. An existing ``out`` is replaced
+    only with ``overwrite`` and only when it holds ``MARKER`` (a root prepared here)
+    or is an empty folder.
+    """
+    if raw is not None and (raw.resolve() == out.resolve() or out.resolve() in raw.resolve().parents):
+        raise DatasetError(
+            f"--out {out} contains the raw folder {raw}: preparing there would delete the raw data. "
+            "Choose an --out outside the raw folder, e.g. data/<name>."
+        )
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise DatasetError(f"{out} already exists: delete it, choose another folder or pass --force.")
+    if not (out.is_dir() and ((out / MARKER).is_file() or not any(out.iterdir()))):
+        raise DatasetError(
+            f"{out} exists and is not a dataset zsadlab prepared (no {MARKER} file in it), so --force will not "
+            "delete it. Choose another --out, or move that folder away yourself."
+        )
 
 
 def _checked_raw(item: DatasetEntry, raw: str | Path | None) -> Path:
@@ -61,13 +96,20 @@ def ensure_dataset(name: str, data_root: str | Path = "data", seed: int = 0) -> 
     """The prepared root ``<data_root>/<name>``: generated on demand for synthetic sets.
 
     A missing real dataset raises :class:`DatasetError` with the commands that
-    prepare it. An existing root is returned as is (whatever seed made it).
+    prepare it. An existing root is returned as is (whatever seed made it). A
+    folder at ``root`` that is not a prepared dataset is never deleted: only one
+    holding ``MARKER`` (an earlier, incomplete generation) is regenerated.
     """
     root = Path(data_root) / name
     if is_prepared(root):
         return root
     item = entry(name)
     if item.synthetic:
+        if root.exists() and not (root / MARKER).is_file():
+            raise DatasetError(
+                f"{root} exists but is not a prepared {name} dataset; it was left untouched. Move it away, or "
+                f"choose another data root (--data-root), then run again."
+            )
         return prepare(name, out=root, seed=seed, overwrite=root.exists())
     raise DatasetError(
         f"dataset {name} is not prepared in {root}. {how_to_get(item)} Then run: "

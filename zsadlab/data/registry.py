@@ -43,6 +43,11 @@ class DatasetEntry:
     manual_steps: str = ""
 
     @property
+    def protocol(self) -> str:
+        """The official script(s) the converter reproduces (details in ``PROTOCOL.md``)."""
+        return PROTOCOLS.get(self.name, "none official: zsadlab's own")
+
+    @property
     def synthetic(self) -> bool:
         """True for the generated smoke sets (no raw download)."""
         return self.generate is not None
@@ -80,12 +85,18 @@ ENTRIES = [
         url="https://avires.dimi.uniud.it/papers/btad/btad.zip",
         sha256="461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a", archive="btad.zip",
     ),
-    DatasetEntry(
-        "sdd", "KolektorSDD (SDD)", "industrial", True, "https://www.vicos.si/resources/kolektorsdd/",
-        "CC BY-NC-SA 4.0", "kosNN/PartK.jpg with kosNN/PartK_label.bmp (empty label = normal)",
-        convert=cv.kolektor_sdd,
-        manual_steps="Download KolektorSDD.zip from www.vicos.si/resources/kolektorsdd, unzip, point --raw at it.",
-    ),
+    *[
+        DatasetEntry(
+            name, title, "industrial", True, "https://www.vicos.si/resources/kolektorsdd/", "CC BY-NC-SA 4.0",
+            "kosNN/PartK.jpg with kosNN/PartK_label.bmp (empty label = normal)",
+            convert=partial(cv.kolektor_sdd, class_name=class_name),
+            manual_steps="Download KolektorSDD.zip from www.vicos.si/resources/kolektorsdd, unzip, point --raw at it.",
+        )
+        for name, title, class_name in [
+            ("sdd", "KolektorSDD (SDD), AnomalyCLIP protocol", "electrical commutators"),
+            ("sdd_inctrl", "KolektorSDD (SDD), InCTRL protocol", "SDD"),
+        ]
+    ],
     DatasetEntry(
         "dagm", "DAGM 2007", "industrial", True,
         "https://hci.iwr.uni-heidelberg.de/content/weakly-supervised-learning-industrial-optical-inspection",
@@ -101,24 +112,31 @@ ENTRIES = [
         MVTEC_LIKE + " (12 texture classes)", convert=cv.mvtec_like,
         manual_steps="Download DTD-Synthetic from the Google Drive link in the AnomalyCLIP README; point --raw at it.",
     ),
-    DatasetEntry(
-        "isic", "ISIC 2016 (skin lesions)", "medical", True,
-        "AnomalyCLIP / AdaCLIP README -> Google Drive (from challenge.isic-archive.com)", "not stated",
-        "isic/test/{good,<defect>}/* + isic/ground_truth/<defect>/* (MVTec-like; the raw folder may be the class "
-        "folder itself)", convert=cv.mvtec_like,
-        manual_steps="Download the preprocessed ISIC folder from the AnomalyCLIP/AdaCLIP Google Drive; point --raw at it.",
-    ),
     *[
         DatasetEntry(
             name, title, "medical", True, POLYP_SOURCE, "not stated", POLYP_LAYOUT,
             convert=partial(cv.all_anomalous, images="images", masks="masks", class_name="colon", defect="polyp"),
             manual_steps=POLYP_STEPS.format(folder=folder),
         )
-        for name, title, folder in [
-            ("clinicdb", "CVC-ClinicDB", "CVC-ClinicDB"),
-            ("colondb", "CVC-ColonDB", "CVC-ColonDB"),
-            ("kvasir", "Kvasir-SEG", "Kvasir"),
-            ("endo", "Endo (EndoTect)", "Endo"),
+        for name, title, folder, script in [
+            ("clinicdb", "CVC-ClinicDB", "CVC-ClinicDB", "clinicDB.py"),
+            ("colondb", "CVC-ColonDB", "CVC-ColonDB", "colonDB.py"),
+            ("kvasir", "Kvasir-SEG", "Kvasir", "kvasir.py"),
+        ]
+    ],
+    *[
+        DatasetEntry(
+            name, title, "medical", True, f"{origin} (AnomalyCLIP README -> Google Drive)", "not stated", layout,
+            convert=convert,
+            manual_steps=f"Download {link} from the AnomalyCLIP README's link, unzip, point --raw at {folder}.",
+        )
+        for name, title, origin, layout, script, convert, link, folder in [
+            ("isic", "ISIC 2016 (skin lesions)", "ISBI 2016 ISIC Part 1 test set (challenge.isic-archive.com)",
+             "skin/test/<specie>/*.jpg and skin/ISBI2016_ISIC_Part1_Test_GroundTruth/<name>_Segmentation.png",
+             "isbi.py", cv.isic, "ISIC", "the folder holding skin/"),
+            ("endo", "Endo (EndoTect 2020 segmentation test set)", "EndoTect 2020 Segmentation Test Dataset",
+             "images/<name>.jpg and masks/<name>.* (every folder except masks/ holds images; good/ would be normal)",
+             "endoTect.py", cv.endotect, "Endo", "the unzipped folder"),
         ]
     ],
     *[
@@ -139,38 +157,53 @@ ENTRIES = [
              "; the training set of the TN3K fine-tuning experiment"),
         ]
     ],
-    DatasetEntry(
-        "headct", "HeadCT", "medical", False, "https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
-        "not stated", "head_ct/000.png ... 199.png and labels.csv (columns id, hemorrhage)", convert=cv.headct,
-        manual_steps=KAGGLE_STEPS.format(slug="felipekitamura/head-ct-hemorrhage", folder="the folder holding labels.csv"),
-    ),
     *[
         DatasetEntry(
-            name, title, "medical", False, f"https://www.kaggle.com/datasets/{slug}", "not stated",
-            "yes/* (tumour), no/* (normal)",
-            convert=partial(cv.normal_and_anomalous_folders, normal="no", anomalous="yes", class_name="brain",
-                            defect="tumor"),
-            manual_steps=KAGGLE_STEPS.format(slug=slug, folder="the folder holding yes/ and no/"),
+            name, title, "medical", False, "https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
+            "not stated", "head_ct/[head_ct/]000.png ... 199.png and labels.csv (columns id, hemorrhage)",
+            convert=partial(cv.headct, class_name=class_name),
+            manual_steps=KAGGLE_STEPS.format(slug="felipekitamura/head-ct-hemorrhage",
+                                             folder="the folder holding labels.csv"),
         )
-        for name, title, slug in [
-            ("brainmri", "BrainMRI", "navoneel/brain-mri-images-for-brain-tumor-detection"),
-            ("br35h", "Br35H", "ahmedhamada0/brain-tumor-detection"),
+        for name, title, class_name in [
+            ("headct", "HeadCT, AnomalyCLIP protocol", "brain"),
+            ("headct_inctrl", "HeadCT, InCTRL protocol", "headct"),
+        ]
+    ],
+    *[
+        DatasetEntry(
+            name, title, "medical", False,
+            "https://www.kaggle.com/datasets/navoneel/brain-mri-images-for-brain-tumor-detection", "not stated",
+            "[brain_tumor_dataset/]{no,yes}/* (every folder except no/ is anomalous)",
+            convert=convert,
+            manual_steps=KAGGLE_STEPS.format(slug="navoneel/brain-mri-images-for-brain-tumor-detection",
+                                             folder="the folder holding brain_tumor_dataset/"),
+        )
+        for name, title, convert in [
+            ("brainmri", "BrainMRI, AnomalyCLIP protocol",
+             partial(cv.normal_and_other_folders, normal="no", class_name="brain", base="brain_tumor_dataset")),
+            ("brainmri_inctrl", "BrainMRI, InCTRL protocol", cv.brainmri_inctrl),
         ]
     ],
     DatasetEntry(
+        "br35h", "Br35H", "medical", False, "https://www.kaggle.com/datasets/ahmedhamada0/brain-tumor-detection",
+        "not stated", "no/* (normal); yes/*, pred/* and any other folder are anomalous",
+        convert=partial(cv.normal_and_other_folders, normal="no", class_name="brain"),
+        manual_steps=KAGGLE_STEPS.format(slug="ahmedhamada0/brain-tumor-detection", folder="the folder holding no/"),
+    ),
+    DatasetEntry(
         "covid19", "COVID-19 Radiography", "medical", False,
         "https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database", "not stated",
-        "Normal/[images/]*.png (normal), COVID/[images/]*.png (anomalous); other class folders are ignored",
-        convert=partial(cv.normal_and_anomalous_folders, normal="Normal", anomalous="COVID", class_name="chest",
-                        defect="covid"),
+        "NORMAL/[images/]* (any case) is normal; every other folder (COVID, Lung_Opacity, ...) is anomalous",
+        convert=partial(cv.normal_and_other_folders, normal="NORMAL", class_name="chest"),
         manual_steps=KAGGLE_STEPS.format(
             slug="tawsifurrahman/covid19-radiography-database", folder="the folder holding COVID/ and Normal/"
         ),
     ),
     DatasetEntry(
-        "elpv", "ELPV (solar cells)", "industrial", False, "PyPI elpv-dataset (github.com/zae-bayern/elpv-dataset)",
-        "CC BY-NC-SA 4.0", "images/cellNNNN.png and labels.csv (lines: images/<file> <defect probability> <mono|poly>)",
-        convert=cv.elpv,
+        "elpv", "ELPV (solar cells), InCTRL protocol", "industrial", False,
+        "PyPI elpv-dataset (github.com/zae-bayern/elpv-dataset)", "CC BY-NC-SA 4.0",
+        "images/cellNNNN.png and labels.csv (lines: images/<file> <defect probability> <mono|poly>)", convert=cv.elpv,
         manual_steps="pip install elpv-dataset, then point --raw at the package's data folder: "
         "python -c \"import elpv_dataset, pathlib; print(pathlib.Path(elpv_dataset.__file__).parent / 'data')\"",
     ),
@@ -199,6 +232,19 @@ ENTRIES = [
         "generated", "none (generated from a seed)", generate=synthetic.synthetic_ultrasound,
     ),
 ]
+
+AC, IC = "AnomalyCLIP generate_dataset_json/", "InCTRL datasets/preprocess/"
+PROTOCOLS = {  # name -> the official script(s) its converter reproduces; PROTOCOL.md has the rules
+    "mvtec": AC + "mvtec.py", "visa": AC + "visa.py", "mpdd": AC + "mpdd.py", "btad": AC + "btad.py",
+    "sdd": AC + "SDD.py on the output of " + IC + "convert_SDD.py", "sdd_inctrl": IC + "convert_SDD.py",
+    "dagm": AC + "DAGM.py (Test folders only)", "dtd_synthetic": AC + "DTD.py", "isic": AC + "isbi.py",
+    "clinicdb": AC + "clinicDB.py", "colondb": AC + "colonDB.py", "kvasir": AC + "kvasir.py",
+    "endo": AC + "endoTect.py",
+    "tn3k": AC + "tn3k.py", "tn3k_trainval": AC + "tn3k.py on trainval-image/ and trainval-mask/",
+    "headct": AC + "head_ct.py on the output of " + IC + "convert_HeadCT.py", "headct_inctrl": IC + "convert_HeadCT.py",
+    "brainmri": AC + "brainmri.py", "brainmri_inctrl": IC + "convert_BrainMRI.py", "br35h": AC + "br35.py",
+    "covid19": AC + "covid.py", "elpv": IC + "convert_elpv.py",
+}
 
 REGISTRY: dict[str, DatasetEntry] = {entry.name: entry for entry in ENTRIES}
 

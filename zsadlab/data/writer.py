@@ -2,18 +2,21 @@
 
 Converters and synthetic generators only decide *what* is normal, anomalous and
 which mask belongs to which image; this class decides *where* files go, copies
-images byte for byte, re-encodes masks as 0/255 PNG and checks that each mask
-has its image's size.
+images byte for byte and re-encodes masks as 0/255 PNG by the official ``> 0``
+rule (lossless for what the official reader sees). A mask whose size differs from
+its image's is kept as it is, with a warning: the dataset resizes it as the
+official code does.
 """
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DatasetError
-from .images import image_size, load_mask, save_mask, save_png
+from .images import image_size, load_mask, load_rgb, save_mask, save_png
 from .layout import NORMAL, mask_file
 
 ImageSource = Path | np.ndarray  # a file to copy, or a uint8 [H, W] / [H, W, 3] array to save as PNG
@@ -25,35 +28,49 @@ class LayoutWriter:
 
     With ``masks=True`` every class gets a ``ground_truth/`` folder, even one that
     (in a subset) holds only normal images, so its normal images read as having
-    all-zero masks rather than no pixel labels.
+    all-zero masks rather than no pixel labels. Every raw image is decoded before it
+    is copied: an unreadable one (corrupt, zero bytes, missing) is skipped and
+    listed in ``skipped`` (``prepare`` warns with the list) rather than failing later.
     """
 
     def __init__(self, root: str | Path, masks: bool = False):
         self.root = Path(root)
         self.masks = masks
         self.count = 0
+        self.skipped: list[str] = []  # one line per unreadable raw image
 
-    def normal(self, image: ImageSource, class_name: str, name: str, split: str = "test") -> Path:
-        """Store a normal image as ``<class>/<split>/good/<name>``."""
+    def normal(self, image: ImageSource, class_name: str, name: str, split: str = "test") -> Path | None:
+        """Store a normal image as ``<class>/<split>/good/<name>`` (None if it was skipped)."""
         if self.masks:
             (self.root / class_name / "ground_truth").mkdir(parents=True, exist_ok=True)
         return self._image(image, self.root / class_name / split / NORMAL / name)
 
-    def anomalous(self, image: ImageSource, class_name: str, defect: str, name: str, mask: MaskSource = None) -> Path:
+    def anomalous(
+        self, image: ImageSource, class_name: str, defect: str, name: str, mask: MaskSource = None
+    ) -> Path | None:
         """Store an anomalous image as ``<class>/test/<defect>/<name>`` and its mask (if any) beside it."""
         if defect == NORMAL:
             raise DatasetError(f"{name}: the defect name {NORMAL!r} is reserved for normal images.")
         target = self._image(image, self.root / class_name / "test" / defect / name)
-        if mask is not None:
+        if target is not None and mask is not None:
             array = load_mask(mask) if isinstance(mask, Path) else mask
-            _check_same_size(array, target, mask)
+            _warn_if_other_size(array, image)
             save_mask(array, mask_file(self.root, class_name, defect, name))
         return target
 
-    def _image(self, image: ImageSource, target: Path) -> Path:
-        """Copy or save ``image`` to ``target`` (PNG when given an array)."""
+    def _image(self, image: ImageSource, target: Path) -> Path | None:
+        """Copy (after checking it decodes) or save ``image`` to ``target``; None if unreadable."""
         if target.exists():
-            raise DatasetError(f"two raw images map to {target}: the raw folder has duplicate names.")
+            raise DatasetError(
+                f"two raw images map to {target.relative_to(self.root)} (the second is {_name(image)}): "
+                "rename one of them in the raw folder."
+            )
+        if isinstance(image, Path):
+            try:
+                load_rgb(image)
+            except DatasetError as err:
+                self.skipped.append(str(err))
+                return None
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(image, Path):
             shutil.copyfile(image, target)
@@ -63,11 +80,17 @@ class LayoutWriter:
         return target
 
 
-def _check_same_size(mask: np.ndarray, image: Path, source: MaskSource) -> None:
-    """Raise when a mask [H, W] and the image written at ``image`` differ in size."""
-    width, height = image_size(image)
+def _warn_if_other_size(mask: np.ndarray, image: ImageSource) -> None:
+    """Warn (naming the raw image) when a mask [H, W] and its image differ in size."""
+    width, height = image_size(image) if isinstance(image, Path) else image.shape[1::-1]
     if mask.shape != (height, width):
-        raise DatasetError(
-            f"mask {source if isinstance(source, Path) else '(array)'} is {mask.shape[1]}x{mask.shape[0]} but "
-            f"its image is {width}x{height} ({image.name}): fix or remove this pair in the raw folder."
+        warnings.warn(
+            f"the mask of {_name(image)} is {mask.shape[1]}x{mask.shape[0]} but the image is {width}x{height}; "
+            "kept as is, the dataset resizes it as the official code does.",
+            stacklevel=3,
         )
+
+
+def _name(source: ImageSource | MaskSource) -> str:
+    """How messages name a raw file (or an array a converter computed)."""
+    return str(source) if isinstance(source, Path) else "(computed array)"

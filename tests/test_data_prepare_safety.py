@@ -1,0 +1,75 @@
+"""Specification: preparing a dataset never deletes anything the user owns (issue #14, items 1 and 2)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zsadlab import cli
+from zsadlab.data import DatasetError, ensure_dataset, prepare
+from zsadlab.data.prepare import MARKER
+
+
+def _raw_brainmri(raw: Path, write_image) -> dict[Path, bytes]:
+    """A BrainMRI raw folder (yes/ and no/); returns every file's bytes."""
+    for name in ("no/N1.jpg", "no/N2.jpg", "no/N3.jpg", "no/N4.jpg", "yes/Y1.jpg"):
+        write_image(raw / name)
+    (raw / "notes.txt").write_text("the user's own file")
+    return {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}
+
+
+def _unchanged(files: dict[Path, bytes]) -> bool:
+    return all(p.is_file() and p.read_bytes() == data for p, data in files.items())
+
+
+@pytest.mark.parametrize("out", ["raw", ".", "raw/.."])
+def test_force_with_out_equal_to_or_above_raw_refuses_and_keeps_raw_files_byte_for_byte(
+    out, tmp_path, write_image, capsys
+):
+    files = _raw_brainmri(tmp_path / "raw", write_image)
+    argv = ["data", "prepare", "brainmri", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / out), "--force"]
+    assert cli.main(argv) == 2
+    assert "contains the raw folder" in capsys.readouterr().err
+    assert _unchanged(files)
+
+
+def test_force_does_not_replace_a_folder_zsadlab_did_not_prepare(tmp_path, write_image, capsys):
+    _raw_brainmri(tmp_path / "raw", write_image)
+    precious = tmp_path / "mine" / "thesis.txt"
+    precious.parent.mkdir()
+    precious.write_text("years of work")
+    argv = ["data", "prepare", "brainmri", "--raw", str(tmp_path / "raw"), "--out", str(precious.parent), "--force"]
+    assert cli.main(argv) == 2
+    assert MARKER in capsys.readouterr().err
+    assert precious.read_text() == "years of work"
+
+
+def test_force_replaces_a_folder_that_prepare_wrote(tmp_path, write_image):
+    _raw_brainmri(tmp_path / "raw", write_image)
+    out = prepare("brainmri", raw=tmp_path / "raw", out=tmp_path / "out")
+    assert (out / MARKER).is_file()
+    prepare("brainmri", raw=tmp_path / "raw", out=out, overwrite=True)
+    assert (out / MARKER).is_file() and (out / "meta.json").is_file()
+
+
+def test_force_may_fill_an_empty_folder(tmp_path, write_image):
+    _raw_brainmri(tmp_path / "raw", write_image)
+    (tmp_path / "empty").mkdir()
+    assert (prepare("brainmri", raw=tmp_path / "raw", out=tmp_path / "empty", overwrite=True) / MARKER).is_file()
+
+
+def test_ensure_dataset_refuses_to_delete_a_foreign_folder_at_the_synthetic_path(tmp_path):
+    foreign = tmp_path / "synthetic_industrial"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"not a dataset")
+    with pytest.raises(DatasetError, match="synthetic_industrial exists but is not a prepared"):
+        ensure_dataset("synthetic_industrial", tmp_path)
+    assert (foreign / "holiday.jpg").read_bytes() == b"not a dataset"
+
+
+def test_ensure_dataset_regenerates_a_marked_but_incomplete_synthetic_folder(tmp_path):
+    partial = tmp_path / "synthetic_ultrasound"
+    partial.mkdir()
+    (partial / MARKER).write_text("prepared by zsadlab: synthetic_ultrasound\n")
+    root = ensure_dataset("synthetic_ultrasound", tmp_path)
+    assert (root / "meta.json").is_file()
