@@ -46,7 +46,11 @@ class Arbitrary:
     """Any class: unpickling it would run code from the file."""
 
 
-def test_pickled_objects_are_refused(tmp_path):
+def test_pickled_objects_are_refused_without_suggesting_unsafe_loading(tmp_path):
     torch.save({"obj": Arbitrary()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match="weights_only"):
-        load_torch_file(tmp_path / "evil.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"garbage, not a checkpoint")
+    for name, reason in (("evil.pt", "pickled Python object"), ("garbage.pt", "not a torch.save file")):
+        with pytest.raises(ValueError, match=reason) as err:
+            load_torch_file(tmp_path / name)
+        message = str(err.value)
+        assert name in message and "weights_only" not in message and "\n" not in message
