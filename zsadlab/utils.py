@@ -164,8 +164,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_file(tmp_path)
         os.replace(tmp_path, path)
     except OSError as err:
-        if err.filename not in (None, str(tmp_path), str(path), str(path.parent)):
-            raise  # about another file (e.g. an input): not ours to rename
+        ours = {str(tmp_path), str(path), *(str(p) for p in path.parents)}
+        if err.filename is not None and str(err.filename) not in ours:
+            raise  # about another file (e.g. an input the caller reads): not a write failure
         raise _output_error(path, err) from None
     finally:
         if tmp_path is not None and tmp_path.exists():
