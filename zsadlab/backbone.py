@@ -162,19 +162,21 @@ def _can_connect(host: str, port: int, timeout: float) -> bool:
         return False
 
 
-def hub_reachable(timeout: float = OFFLINE_PROBE_SECONDS) -> bool:
-    """One short TCP probe of the weight host; ``False`` when offline or ``HF_HUB_OFFLINE`` is set.
-
-    The probe runs in a daemon thread so that a DNS lookup that hangs cannot hold us longer
-    than ``timeout`` either.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
+def host_reachable(host: str, port: int = 443, timeout: float = OFFLINE_PROBE_SECONDS) -> bool:
+    """One short TCP probe of ``host:port``, in a daemon thread so that a DNS lookup that hangs
+    cannot hold us longer than ``timeout`` either."""
     answer: list[bool] = []
-    probe = threading.Thread(target=lambda: answer.append(_can_connect("huggingface.co", 443, timeout)), daemon=True)
+    probe = threading.Thread(target=lambda: answer.append(_can_connect(host, port, timeout)), daemon=True)
     probe.start()
     probe.join(timeout)
     return bool(answer and answer[0])
+
+
+def hub_reachable(timeout: float = OFFLINE_PROBE_SECONDS) -> bool:
+    """One short probe of the weight host; ``False`` when offline or ``HF_HUB_OFFLINE`` is set."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    return host_reachable("huggingface.co", 443, timeout)
 
 
 def weights_available(name: str, pretrained: str) -> bool:
