@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from torch.jit import _pickle as jit_pickle
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -256,7 +257,10 @@ _STORAGE_DTYPES = {"FloatStorage": torch.float32, "HalfStorage": torch.float16, 
 
 
 _TENSOR_GLOBALS = {("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-                   ("collections", "OrderedDict"): collections.OrderedDict}
+                   ("collections", "OrderedDict"): collections.OrderedDict,
+                   # list attributes of scripted modules: each returns its argument unchanged
+                   **{("torch.jit._pickle", n): getattr(jit_pickle, n)
+                      for n in ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")}}
 
 
 class _TorchScriptUnpickler(pickle.Unpickler):
