@@ -216,7 +216,7 @@ def _load_problem(err: Exception) -> str:
         return f"it holds a pickled Python object ({found.group(1)}), which could run code when loaded"
     if "central directory" in text or "zip archive" in text or isinstance(err, (EOFError, zipfile.BadZipFile)):
         return "it is truncated or corrupt (its zip archive is damaged)"
-    if isinstance(err, pickle.UnpicklingError):
+    if isinstance(err, pickle.UnpicklingError) or "weights_only" in text:
         return "it is not a torch.save file, or it holds Python objects other than tensors and plain containers"
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
