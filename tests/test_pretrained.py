@@ -65,10 +65,11 @@ def test_the_registry_pins_the_official_files_with_their_inverted_folder_names()
 def test_both_anomalyclip_checkpoints_are_pulled_verified_into_the_cache_folder(tmp_path, server, monkeypatch):
     served, base = server
     monkeypatch.setenv("ZSADLAB_HOME", str(tmp_path / "home"))
-    for name in ("anomalyclip-mvtec", "anomalyclip-visa"):
+    for name, fetch in (("anomalyclip-mvtec", pull), ("anomalyclip-visa", pretrained.path)):  # path: load-or-pull
         (served / "probe").write_bytes(STAND_IN + name.encode())
         serve_as(monkeypatch, served, base, name, STAND_IN + name.encode(), git_blob_sha1(served / "probe"))
-        path = pull(name)
+        assert not pretrained.available(name)
+        path = fetch(name)
         assert path == tmp_path / "home" / name / "epoch_15.pth"
         assert path.read_bytes() == STAND_IN + name.encode()
         assert pretrained.available(name) and pretrained.path(name) == path

@@ -71,9 +71,9 @@ PRETRAINED: dict[str, Pretrained] = {
 }
 
 
-def home(folder: str | os.PathLike | None = None) -> Path:
-    """The cache folder: ``folder`` if given, else ``$ZSADLAB_HOME``, else ``~/.cache/zsadlab``."""
-    return Path(folder or os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser()
+def home_dir(home: str | os.PathLike | None = None) -> Path:
+    """The cache folder: ``home`` if given, else ``$ZSADLAB_HOME``, else ``~/.cache/zsadlab``."""
+    return Path(home or os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser()
 
 
 def git_blob_sha1(path: str | os.PathLike) -> str:
@@ -92,19 +92,19 @@ def entry(name: str) -> Pretrained:
     return PRETRAINED[name]
 
 
-def target(name: str, folder: str | os.PathLike | None = None) -> Path:
+def target(name: str, home: str | os.PathLike | None = None) -> Path:
     """Where checkpoint ``name`` lives once pulled: ``<home>/<name>/<file>``."""
-    return home(folder) / name / entry(name).filename
+    return home_dir(home) / name / entry(name).filename
 
 
-def available(name: str, folder: str | os.PathLike | None = None) -> bool:
+def available(name: str, home: str | os.PathLike | None = None) -> bool:
     """True when ``name`` has been pulled (files are verified before they get there)."""
-    return target(name, folder).is_file()
+    return target(name, home).is_file()
 
 
-def path(name: str, folder: str | os.PathLike | None = None) -> Path:
+def path(name: str, home: str | os.PathLike | None = None) -> Path:
     """The local file of checkpoint ``name``, pulled first if it is not there yet (load-or-pull)."""
-    return target(name, folder) if available(name, folder) else pull(name, home=folder)
+    return target(name, home) if available(name, home) else pull(name, home=home)
 
 
 def verify(item: Pretrained, file: Path, origin: str) -> None:
