@@ -100,6 +100,15 @@ def test_a_read_only_output_folder_is_refused_naming_it(tmp_path):
         folder.chmod(0o755)
 
 
+def test_a_folder_the_system_refuses_to_write_is_refused_naming_it_even_as_root(tmp_path, monkeypatch):
+    def read_only(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), os.path.join(dir, "probe"))
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    with pytest.raises(OutputError, match=f"cannot write {tmp_path / 'ro'}: Read-only file system"):
+        check_writable(tmp_path / "ro")
+
+
 def no_space(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
