@@ -130,3 +130,126 @@ def test_a_hanging_network_lookup_cannot_delay_the_offline_error(monkeypatch):
     started = time.monotonic()
     assert backbone.hub_reachable(timeout=0.5) is False
     assert time.monotonic() - started < 2
+
+
+# ---------------------------------------------------------------------------
+# Weight files: no code runs, one file per model, one line per mistake
+# ---------------------------------------------------------------------------
+
+
+def openai_torchscript_archive(path: Path) -> dict[str, torch.Tensor]:
+    """Trace the fixture's tiny CLIP into a TorchScript file laid out as OpenAI's releases; return its state dict."""
+    model = clip_from_openai_state_dict(dict(np.load(FIX / "tiny_clip_openai_sd.npz")))
+    for key, value in {"input_resolution": 112, "context_length": 77, "vocab_size": 49408}.items():
+        model.__dict__.pop(key, None)
+        model.register_buffer(key, torch.tensor(value))  # OpenAI's archives carry these as tensors
+    with pytest.warns(Warning):  # torch deprecates jit; it is only used to write the test file
+        traced = torch.jit.trace_module(model, {"encode_image": torch.zeros(1, 3, 112, 112)}, check_trace=False)
+        traced.save(str(path))
+    return model.state_dict()
+
+
+class WritesAFileOnLoad(torch.nn.Module):
+    """A scripted module whose ``__setstate__`` (run by ``torch.jit.load``) creates the file named in its state."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+        self.target = target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, str, bool]:
+        return (self.w, self.target, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, str, bool]) -> None:
+        self.w = state[0] + 0 * torch.from_file(state[1], shared=True, size=3)  # creates the file
+        self.target = state[1]
+        self.training = state[2]
+
+
+def test_an_openai_torchscript_archive_is_read_as_data_to_the_same_weights(tmp_path):
+    from zsadlab.backbone import _state_dict_from_file
+
+    written = openai_torchscript_archive(tmp_path / "tiny-openai.pt")
+    with pytest.warns(Warning):
+        expected = torch.jit.load(str(tmp_path / "tiny-openai.pt")).state_dict()  # what code-running loading gives
+    read = _state_dict_from_file(tmp_path / "tiny-openai.pt")
+    assert sorted(read) == sorted(expected) == sorted([*written, "attn_mask"])
+    assert all(torch.equal(read[k], expected[k]) for k in expected)
+    rebuilt = clip_from_openai_state_dict(read)
+    reference = clip_from_openai_state_dict(dict(np.load(FIX / "tiny_clip_openai_sd.npz")))
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), reference.state_dict().values()))
+
+
+def test_a_malicious_torchscript_archive_does_not_run_its_code(tmp_path):
+    target = tmp_path / "created-by-the-archive"
+    with pytest.warns(Warning):
+        torch.jit.script(WritesAFileOnLoad(str(target))).save(str(tmp_path / "evil.pt"))
+        torch.jit.load(str(tmp_path / "evil.pt"))  # the failure: torch.jit.load runs __setstate__
+    assert target.exists()
+    target.unlink()
+    with pytest.raises(ValueError, match="evil.pt") as err:
+        load_clip("ViT-B-32", str(tmp_path / "evil.pt"), device="cpu")
+    assert not target.exists()
+    assert "weights_only=False" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_weights_variable_naming_a_missing_file_says_so(monkeypatch, tmp_path):
+    from zsadlab.backbone import weights_available
+
+    monkeypatch.setenv("ZSADLAB_CLIP_WEIGHTS", str(tmp_path / "nonexistent.pt"))
+    for call in (lambda: load_clip("ViT-L-14-336", "openai", device="cpu"),
+                 lambda: weights_available("ViT-L-14-336", "openai")):
+        with pytest.raises(WeightsUnavailableError, match="nonexistent.pt, which does not exist"):
+            call()
+    with pytest.raises(WeightsUnavailableError, match="gone.pt, which does not exist"):
+        load_clip("ViT-B-32", str(tmp_path / "gone.pt"), device="cpu")
+
+
+def test_each_model_finds_its_own_file_and_the_old_variable_feeds_vit_l_14_336_only(monkeypatch, tmp_path):
+    from zsadlab.backbone import local_weights_file
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for name in ("ViT-L-14-336.pt", "ViT-B-16-plus-240.safetensors"):
+        (folder / name).write_bytes(b"x")
+    (tmp_path / "vitl.pt").write_bytes(b"x")
+    monkeypatch.delenv("ZSADLAB_CLIP_WEIGHTS", raising=False)
+    monkeypatch.setenv("ZSADLAB_WEIGHTS_DIR", str(folder))
+    assert local_weights_file("ViT-L-14-336", "openai") == folder / "ViT-L-14-336.pt"
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") == folder / "ViT-B-16-plus-240.safetensors"
+    assert local_weights_file("ViT-B-32", "openai") is None
+    monkeypatch.setenv("ZSADLAB_CLIP_WEIGHTS", str(tmp_path / "vitl.pt"))
+    assert local_weights_file("ViT-L-14-336", "openai") == tmp_path / "vitl.pt"
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") == folder / "ViT-B-16-plus-240.safetensors"
+    (folder / "ViT-L-14-336px.pt").write_bytes(b"x")  # OpenAI's own download name is found too
+    (folder / "ViT-L-14-336.pt").unlink()
+    monkeypatch.delenv("ZSADLAB_CLIP_WEIGHTS")
+    assert local_weights_file("ViT-L-14-336", "openai") == folder / "ViT-L-14-336px.pt"
+
+
+def test_a_file_of_another_model_is_refused_naming_the_model_and_the_file(monkeypatch, tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    torch.save(tiny_clip("inctrl", seed=0).state_dict(), folder / "ViT-B-32.pt")
+    monkeypatch.setenv("ZSADLAB_WEIGHTS_DIR", str(folder))
+    with pytest.raises(ValueError) as err:
+        load_clip("ViT-B-32", "openai", device="cpu")
+    message = str(err.value)
+    assert "'ViT-B-32'" in message and str(folder / "ViT-B-32.pt") in message and "another shape" in message
+
+
+def test_real_weights_from_a_file_load_without_the_random_init_warning_and_name_the_file(tmp_path, caplog, capsys):
+    import open_clip
+
+    reference = open_clip.create_model("ViT-B-32", pretrained=None)
+    torch.save(reference.state_dict(), tmp_path / "vitb32.pt")
+    caplog.clear()
+    clip = load_clip("ViT-B-32", str(tmp_path / "vitb32.pt"), device="cpu")
+    assert torch.equal(clip.visual.proj, reference.visual.proj)
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
+    assert f"ViT-B-32 weights loaded from {tmp_path / 'vitb32.pt'}" in capsys.readouterr().err

@@ -4,7 +4,9 @@ Everything the methods need from CLIP goes through this module, so AnomalyCLIP
 and InCTRL never touch open_clip internals themselves:
 
 * :func:`load_clip` - a real open_clip model by name and pretrained tag, or from
-  a local file; offline it fails in seconds with a message saying what to do.
+  the model's own local file (:func:`local_weights_file`); offline it fails in
+  seconds with a message saying what to do. OpenAI's TorchScript ``.pt`` files
+  are read as data: no code from a weight file ever runs.
 * :func:`clip_from_openai_state_dict` - an fp32 open_clip CLIP from an OpenAI-format
   state dict (how the official AnomalyCLIP and InCTRL code build theirs).
 * :func:`tiny_clip` - the smoke-profile models: random, deterministic from a seed,
@@ -18,10 +20,11 @@ then patches row-major), ``W`` tower width, ``D`` joint embedding dim.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 import threading
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -32,9 +35,13 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, build_model_from_openai_state_dict
 
-from .utils import load_torch_file, pick_device
+from .utils import is_torchscript_archive, load_torch_file, load_torchscript_tensors, pick_device
 
-WEIGHTS_ENV = "ZSADLAB_CLIP_WEIGHTS"
+WEIGHTS_ENV = "ZSADLAB_CLIP_WEIGHTS"  # one file for WEIGHTS_ENV_MODEL only (kept from earlier versions)
+WEIGHTS_ENV_MODEL = "ViT-L-14-336"
+WEIGHTS_DIR_ENV = "ZSADLAB_WEIGHTS_DIR"  # a folder of weight files named by model, e.g. ViT-B-16-plus-240.pt
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")  # not weights
 OFFLINE_PROBE_SECONDS = 2.0
 
 # ---------------------------------------------------------------------------
@@ -100,7 +107,8 @@ def clip_from_openai_state_dict(state_dict: Mapping[str, "torch.Tensor | np.ndar
     and loads; we return it in fp32 (the official AnomalyCLIP code also runs fp32).
     NumPy arrays are accepted (the fixtures are ``.npz`` files).
     """
-    sd = {k: torch.as_tensor(np.asarray(v)) if not torch.is_tensor(v) else v for k, v in state_dict.items()}
+    sd = {k: torch.as_tensor(np.asarray(v)) if not torch.is_tensor(v) else v
+          for k, v in state_dict.items() if k != "attn_mask"}  # a buffer open_clip builds itself
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     return build_model_from_openai_state_dict(sd, cast_dtype=None).float().eval()
 
@@ -154,24 +162,30 @@ def _can_connect(host: str, port: int, timeout: float) -> bool:
         return False
 
 
-def hub_reachable(timeout: float = OFFLINE_PROBE_SECONDS) -> bool:
-    """One short TCP probe of the weight host; ``False`` when offline or ``HF_HUB_OFFLINE`` is set.
-
-    The probe runs in a daemon thread so that a DNS lookup that hangs cannot hold us longer
-    than ``timeout`` either.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
+def host_reachable(host: str, port: int = 443, timeout: float = OFFLINE_PROBE_SECONDS) -> bool:
+    """One short TCP probe of ``host:port``, in a daemon thread so that a DNS lookup that hangs
+    cannot hold us longer than ``timeout`` either."""
     answer: list[bool] = []
-    probe = threading.Thread(target=lambda: answer.append(_can_connect("huggingface.co", 443, timeout)), daemon=True)
+    probe = threading.Thread(target=lambda: answer.append(_can_connect(host, port, timeout)), daemon=True)
     probe.start()
     probe.join(timeout)
     return bool(answer and answer[0])
 
 
+def hub_reachable(timeout: float = OFFLINE_PROBE_SECONDS) -> bool:
+    """One short probe of the weight host; ``False`` when offline or ``HF_HUB_OFFLINE`` is set."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    return host_reachable("huggingface.co", 443, timeout)
+
+
 def weights_available(name: str, pretrained: str) -> bool:
-    """True when :func:`load_clip` would find the weights without a download."""
-    if _local_weights_file(pretrained):
+    """True when :func:`load_clip` would find the weights of ``name`` without a download.
+
+    A weights variable or ``pretrained`` path that names a missing file raises
+    :class:`WeightsUnavailableError` instead of quietly answering ``False``.
+    """
+    if local_weights_file(name, pretrained):
         return True
     try:
         return cached_weights(name, pretrained) is not None
@@ -179,24 +193,63 @@ def weights_available(name: str, pretrained: str) -> bool:
         return False
 
 
-def _local_weights_file(pretrained: str | None) -> Path | None:
-    for candidate in (pretrained, os.environ.get(WEIGHTS_ENV)):
-        if candidate and Path(candidate).expanduser().is_file():
-            return Path(candidate).expanduser()
-    return None
+def _looks_like_path(pretrained: str | None) -> bool:
+    return bool(pretrained) and ("/" in pretrained or os.sep in pretrained or pretrained.endswith(WEIGHT_SUFFIXES))
+
+
+def _existing_file(path: str, source: str) -> Path:
+    found = Path(path).expanduser()
+    if not found.is_file():
+        raise WeightsUnavailableError(f"{source} names {found}, which does not exist or is not a file. "
+                                      "Fix the path (or unset the variable).")
+    return found
+
+
+def weights_file_names(name: str, pretrained: str | None = None) -> list[str]:
+    """File names :func:`local_weights_file` accepts for ``name`` in ``$ZSADLAB_WEIGHTS_DIR``:
+    ``<name>.pt`` (``.pth``, ``.bin``, ``.safetensors``) and the official download's own name."""
+    tags = [pretrained] if pretrained and not _looks_like_path(pretrained) else open_clip.list_pretrained_tags_by_model(name)
+    urls = [(open_clip.get_pretrained_cfg(name, tag) or {}).get("url") for tag in tags]
+    return [name + suffix for suffix in WEIGHT_SUFFIXES] + [os.path.basename(url) for url in urls if url]
+
+
+def local_weights_file(name: str, pretrained: str | None) -> Path | None:
+    """The local weight file for model ``name``, or ``None`` (then open_clip's cache or the hub is used).
+
+    In order: ``pretrained`` itself when it is a path; ``$ZSADLAB_CLIP_WEIGHTS``, which
+    feeds :data:`WEIGHTS_ENV_MODEL` (ViT-L-14-336) only, never a model of another shape;
+    ``$ZSADLAB_WEIGHTS_DIR/<file>`` with a name from :func:`weights_file_names`
+    (e.g. ``ViT-L-14-336.pt``, ``ViT-B-16-plus-240.pt``). A path that is set but
+    missing raises :class:`WeightsUnavailableError` naming it.
+    """
+    if _looks_like_path(pretrained):
+        return _existing_file(pretrained, f"the weights path given for {name!r}")
+    if name == WEIGHTS_ENV_MODEL and os.environ.get(WEIGHTS_ENV):
+        return _existing_file(os.environ[WEIGHTS_ENV], f"{WEIGHTS_ENV} (the {WEIGHTS_ENV_MODEL} weights)")
+    folder = os.environ.get(WEIGHTS_DIR_ENV)
+    if not folder:
+        return None
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise WeightsUnavailableError(f"{WEIGHTS_DIR_ENV} names {folder}, which is not a folder. "
+                                      "Fix the path (or unset the variable).")
+    return next((folder / n for n in weights_file_names(name, pretrained) if (folder / n).is_file()), None)
 
 
 def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from an OpenAI TorchScript archive, a safetensors file or a torch file."""
+    """Read a state dict from an OpenAI TorchScript archive, a safetensors file or a torch file.
+
+    TorchScript archives are read as data; their code never runs (:func:`load_torchscript_tensors`).
+    """
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            is_torchscript = any(n.endswith("constants.pkl") for n in archive.namelist())
-        if is_torchscript:  # OpenAI's released .pt files are TorchScript archives
-            return torch.jit.load(str(path), map_location="cpu").state_dict()
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types for a damaged header
+            raise ValueError(f"cannot read CLIP weights {path}: {err}. Re-download the file.") from None
+    if is_torchscript_archive(path):  # OpenAI's released .pt files are TorchScript archives
+        return load_torchscript_tensors(path, what="CLIP weights")
     obj = load_torch_file(path, what="CLIP weights")
     obj = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(obj, dict):
@@ -205,29 +258,35 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_matching(model: CLIP, state_dict: dict, name: str, source: Path) -> None:
-    """Load ``state_dict`` into ``model``; a clear error when it belongs to another architecture."""
-    problem = ""
-    try:
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        missing = [k for k in missing if k != "logit_scale"]
-        if missing or unexpected:
-            problem = f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-    except RuntimeError as err:
-        problem = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-    if problem:
+    """Load ``state_dict`` into ``model``; one line naming the model and the file when it does not fit."""
+    state_dict = {k: v for k, v in state_dict.items() if k not in OPENAI_EXTRA_KEYS}
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = [k for k, v in state_dict.items() if k in shapes and tuple(v.shape) != shapes[k]]
+    missing = [k for k in shapes if k not in state_dict and k != "logit_scale"]
+    unexpected = [k for k in state_dict if k not in shapes]
+    problems = [
+        f"{len(wrong)} tensors of another shape (e.g. {wrong[0]}: {tuple(state_dict[wrong[0]].shape)} in the file, "
+        f"{shapes[wrong[0]]} in the model)" if wrong else "",
+        f"{len(missing)} missing keys (e.g. {missing[:3]})" if missing else "",
+        f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})" if unexpected else "",
+    ]
+    if any(problems):
         raise ValueError(
-            f"weights in {source} do not fit open_clip model {name!r}: {problem}. "
-            "Pass the model name the file was trained with."
+            f"weights in {source} do not fit open_clip model {name!r}: {'; '.join(p for p in problems if p)}. "
+            f"The file belongs to another model: {WEIGHTS_ENV} feeds {WEIGHTS_ENV_MODEL} only; give each "
+            f"model its own file ({WEIGHTS_DIR_ENV}/{name}.pt)."
         )
+    model.load_state_dict(state_dict, strict=False)
 
 
 def _offline_message(name: str, pretrained: str) -> str:
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface")
+    variable = f", or for this model only set {WEIGHTS_ENV}=/path/to/file" if name == WEIGHTS_ENV_MODEL else ""
     return (
         f"CLIP weights for {name!r} / {pretrained!r} are not on this machine and the model hub cannot be "
         f"reached (checked in {OFFLINE_PROBE_SECONDS:.0f} s; cache directory: {cache}). Either run once with "
-        f"network access so open_clip caches them, or download the weight file yourself and pass its path: "
-        f"load_clip({name!r}, '/path/to/weights.pt') or set {WEIGHTS_ENV}=/path/to/weights.pt. "
+        f"network access so open_clip caches them, or download the weight file yourself and save it as "
+        f"{name}.pt in the folder named by {WEIGHTS_DIR_ENV}{variable}. "
         f"For CPU smoke runs without weights use profile='smoke'."
     )
 
@@ -241,31 +300,50 @@ def _uses_quick_gelu(name: str, pretrained: str | None) -> bool:
     return open_clip.list_pretrained_tags_by_model(name) == ["openai"]
 
 
+class _DropRandomInitWarning(logging.Filter):
+    """open_clip warns "No pretrained weights loaded ... initialized randomly" before we load the file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+def clip_from_file(name: str, path: Path, quick_gelu: bool) -> CLIP:
+    """open_clip model ``name`` with the weights of ``path`` (any format of :func:`_state_dict_from_file`).
+
+    The architecture always comes from ``name``, never from the file, so a file of
+    another model fails here with both names instead of later with a shape error.
+    """
+    state_dict = _state_dict_from_file(path)
+    quiet = _DropRandomInitWarning()
+    logging.getLogger().addFilter(quiet)
+    try:
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    _load_matching(model, state_dict, name, path)
+    print(f"zsadlab: {name} weights loaded from {path}", file=sys.stderr)
+    return model
+
+
 def load_clip(name: str, pretrained: str, device: str | torch.device | None = None) -> CLIP:
-    """A real CLIP in fp32 and eval mode, from open_clip's cache, a local file, or the hub.
+    """A real CLIP in fp32 and eval mode, from a local file, open_clip's cache, or the hub.
 
     ``pretrained`` is an open_clip tag (``"openai"``) or a path to a weight file
-    (OpenAI TorchScript ``.pt``, open_clip ``.bin``/``.pt``, or ``.safetensors``);
-    the environment variable ``ZSADLAB_CLIP_WEIGHTS`` may name that file instead.
+    (OpenAI TorchScript ``.pt``, open_clip ``.bin``/``.pt``, or ``.safetensors``).
+    Given a tag, :func:`local_weights_file` looks for the model's own file first
+    (``$ZSADLAB_WEIGHTS_DIR/<name>.pt``; ``$ZSADLAB_CLIP_WEIGHTS`` for ViT-L-14-336 only).
     Offline with nothing on disk it raises :class:`WeightsUnavailableError` within
     a few seconds rather than retrying the hub for a minute.
     """
     device = pick_device(str(device) if device is not None else None)
-    local = _local_weights_file(pretrained)
-    quick_gelu = _uses_quick_gelu(name, None if local and Path(pretrained or "").is_file() else pretrained)
-    if local is None:
-        local = cached_weights(name, pretrained)
-    if local is None:
-        if not hub_reachable():
-            raise WeightsUnavailableError(_offline_message(name, pretrained))
-        model = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu)
+    quick_gelu = _uses_quick_gelu(name, None if _looks_like_path(pretrained) else pretrained)
+    local = local_weights_file(name, pretrained) or cached_weights(name, pretrained)
+    if local is not None:
+        model = clip_from_file(name, local, quick_gelu)
+    elif not hub_reachable():
+        raise WeightsUnavailableError(_offline_message(name, pretrained))
     else:
-        state_dict = _state_dict_from_file(local)
-        if "visual.transformer.resblocks.0.attn.in_proj_weight" in state_dict and "input_resolution" in state_dict:
-            model = clip_from_openai_state_dict(state_dict)
-        else:
-            model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
-            _load_matching(model, state_dict, name, local)
+        model = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu)
     return model.float().eval().to(device)
 
 
