@@ -242,7 +242,8 @@ class VAND(nn.Module):
         cached = self._memory_cache
         if cached is not None and cached[0]() is references and cached[1] == references._version:
             return cached[2]
-        _, tokens = self.encode_image(references, self.config.memory_features)
+        device = self.clip.visual.proj.device
+        _, tokens = self.encode_image(references.to(device), self.config.memory_features)
         memory = [t[:, 1:].reshape(-1, t.shape[-1]) for t in tokens]  # [k*g*g, W] per block
         self._memory_cache = (weakref.ref(references), references._version, memory)
         return memory
@@ -290,7 +291,7 @@ class VAND(nn.Module):
         probabilities = self.layer_probabilities([by_block[b] for b in cfg.features], text)
         maps = anomaly_map([p[:, 1] for p in probabilities])  # [B, S, S]
         if references is not None:
-            memory = self.reference_memory(references.to(x.device))
+            memory = self.reference_memory(references)
             maps = maps + self.fewshot_map([by_block[b] for b in cfg.memory_features], memory)
         return image_scores(g, text, 1.0 / cfg.logit_scale), maps
 
