@@ -5,8 +5,8 @@ import torch
 
 from zsadlab.backbone import tiny_clip
 from zsadlab.vand import (
-    VAND, VANDConfig, load_official_checkpoint, normalise_fewshot_scores, official_backbone,
-    save_official_checkpoint,
+    VAND, FewShotPredictor, VANDConfig, batch_losses, load_official_checkpoint, make_optimizer,
+    normalise_fewshot_scores, official_backbone, save_epoch_checkpoint, save_official_checkpoint,
 )
 
 TINY = VANDConfig(features=(2, 4, 6, 8), image_size=112)
@@ -57,6 +57,17 @@ def test_each_image_is_independent_of_its_batch_mates(model):
         torch.testing.assert_close(fm, few_maps[i:i + 1], rtol=0, atol=1e-5)
 
 
+def test_the_few_shot_predictor_uses_each_image_class_references(model):
+    x = images(3)
+    refs = {"bottle": images(2, seed=1), "screw": images(1, seed=2)}
+    predictor = FewShotPredictor(model, refs)
+    scores, maps = predictor.predict(x, ["bottle", "screw", "bottle"])
+    for i, name in enumerate(["bottle", "screw", "bottle"]):
+        s, m = model.predict(x[i:i + 1], name, references=refs[name])
+        torch.testing.assert_close(scores[i:i + 1], s, rtol=0, atol=1e-6)
+        torch.testing.assert_close(maps[i:i + 1], m, rtol=0, atol=1e-5)
+
+
 def test_text_features_belong_to_each_image_class(model):
     text = model.text_features(["bottle", "screw", "bottle"])
     assert text.shape == (3, 2, 64) and torch.equal(text[0], text[2]) and not torch.equal(text[0], text[1])
@@ -103,6 +114,20 @@ def test_losses_are_focal_plus_abnormal_dice_per_layer_and_train_only_the_linear
     assert all(p.grad is not None for p in model.trainable_linearlayer.parameters())
     assert [n for n, p in model.named_parameters() if p.requires_grad] == [
         f"trainable_linearlayer.fc.{i}.{p}" for i in range(4) for p in ("weight", "bias")]
+
+
+def test_the_recipe_is_adam_on_the_linear_layers_with_the_official_settings(clip, tmp_path):
+    model = VAND(clip, TINY)
+    optimizer = make_optimizer(model)
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.Adam) and group["lr"] == 1e-3 and group["betas"] == (0.5, 0.999)
+    assert {id(p) for p in group["params"]} == {id(p) for p in model.trainable_linearlayer.parameters()}
+    masks = torch.zeros(2, 112, 112)
+    batch = {"image": images(2), "mask": masks, "label": torch.tensor([0, 0]), "class_name": ["bottle", "screw"]}
+    terms = batch_losses(model, batch)
+    terms["total"].backward()
+    optimizer.step()
+    assert save_epoch_checkpoint(model, tmp_path, 3) == tmp_path / "epoch_3.pth"
 
 
 def test_the_non_native_official_build_never_changes_the_given_clip(clip):

@@ -32,7 +32,7 @@ import itertools
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -283,15 +283,21 @@ class VAND(nn.Module):
         distances are added to the map. The score stays the text probability; the official
         few-shot image score needs the whole class, see :func:`normalise_fewshot_scores`.
         """
+        memory = self.reference_memory(references) if references is not None else None
+        return self.predict_with_memory(x, class_names, memory)
+
+    @torch.no_grad()
+    def predict_with_memory(self, x: torch.Tensor, class_names: str | Sequence[str],
+                            memory: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`predict` with the references already encoded by :meth:`reference_memory`."""
         cfg = self.config
-        blocks = tuple(dict.fromkeys(cfg.features + (cfg.memory_features if references is not None else ())))
+        blocks = tuple(dict.fromkeys(cfg.features + (cfg.memory_features if memory is not None else ())))
         g, tokens = self.encode_image(x, blocks)
         by_block = dict(zip(blocks, tokens))
         text = self.text_features(class_names)
         probabilities = self.layer_probabilities([by_block[b] for b in cfg.features], text)
         maps = anomaly_map([p[:, 1] for p in probabilities])  # [B, S, S]
-        if references is not None:
-            memory = self.reference_memory(references)
+        if memory is not None:
             maps = maps + self.fewshot_map([by_block[b] for b in cfg.memory_features], memory)
         return image_scores(g, text, 1.0 / cfg.logit_scale), maps
 
@@ -309,6 +315,44 @@ class VAND(nn.Module):
         focal = torch.stack([L.focal_loss(p, target) for p in probabilities])
         dice = torch.stack([L.dice_loss(p[:, 1], target) for p in probabilities])
         return {"focal": focal, "dice": dice, "total": (focal + dice).sum()}
+
+
+class FewShotPredictor(nn.Module):
+    """VAND few-shot with one fixed reference set per class, behind ``predict(x, class_names)``.
+
+    Each class's references ``[k, 3, S, S]`` are encoded into a memory once, here. Scores are
+    the text probabilities; evaluation turns them into the official few-shot scores per class
+    with :func:`normalise_fewshot_scores`.
+    """
+
+    def __init__(self, model: VAND, prompts: Mapping[str, torch.Tensor]):
+        super().__init__()
+        self.model, self.config, self.clip = model, model.config, model.clip
+        self.memories = {name: model.reference_memory(images) for name, images in prompts.items()}
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = torch.empty(x.shape[0], device=x.device)  # [B]
+        maps = torch.empty(x.shape[0], x.shape[-2], x.shape[-1], device=x.device)  # [B, S, S]
+        for name in dict.fromkeys(class_names):
+            rows = torch.tensor([i for i, n in enumerate(class_names) if n == name], device=x.device)
+            scores[rows], maps[rows] = self.model.predict_with_memory(x[rows], name, self.memories[name])
+        return scores, maps
+
+
+# --- training recipe (train.py) -----------------------------------------------------------------
+
+
+def make_optimizer(model: VAND, lr: float | None = None,
+                   betas: tuple[float, float] | None = None) -> torch.optim.Optimizer:
+    """The official optimizer: Adam over the linear layers, lr 1e-3, betas (0.5, 0.999) (train.py)."""
+    return torch.optim.Adam(model.trainable_linearlayer.parameters(), lr=lr or 1e-3, betas=betas or (0.5, 0.999))
+
+
+def batch_losses(model: VAND, batch: dict) -> dict[str, torch.Tensor]:
+    """The training step's losses of a collated batch (``image``, ``mask``, ``label``, ``class_name``)."""
+    device = model.clip.visual.proj.device
+    return model.losses(batch["image"].to(device), batch["mask"].to(device), batch["label"], batch["class_name"])
 
 
 # --- official preprocessing of masks ------------------------------------------------------------
@@ -346,3 +390,8 @@ def save_official_checkpoint(model: VAND, path: str | Path) -> Path:
     """Write ``{"trainable_linearlayer": state_dict}`` atomically, the official format."""
     state = {k: v.detach().cpu() for k, v in model.trainable_linearlayer.state_dict().items()}
     return save_torch_atomic({CHECKPOINT_KEY: state}, path)
+
+
+def save_epoch_checkpoint(model: VAND, out_dir: str | Path, epoch: int) -> Path:
+    """``out_dir/epoch_<epoch>.pth``, the official file name (train.py, ``--save_freq 1``)."""
+    return save_official_checkpoint(model, Path(out_dir) / f"epoch_{epoch}.pth")
