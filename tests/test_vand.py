@@ -31,6 +31,7 @@ def test_defaults_are_the_paper_setup():
     config = VANDConfig()
     assert config.features == (6, 12, 18, 24) and config.memory_features == (6, 12, 18, 24)
     assert config.image_size == 518 and config.logit_scale == 100.0 and config.official_build
+    assert (config.epochs, config.batch_size) == (15, 64)  # train.sh, VisA run (for the MVTec AD rows)
 
 
 @pytest.mark.parametrize("size", [112, 140])
