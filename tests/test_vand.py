@@ -141,6 +141,13 @@ def test_the_non_native_official_build_never_changes_the_given_clip(clip):
     assert rebuilt.token_embedding.weight is clip.token_embedding.weight  # shared, not copied
 
 
+def test_without_the_official_build_the_given_clip_runs_at_any_size(clip):
+    model = VAND(clip, TINY.replace(image_size=140, official_build=False))
+    assert model.clip is clip
+    scores, maps = model.predict(images(1, 140), "bottle")
+    assert scores.shape == (1,) and maps.shape == (1, 140, 140)
+
+
 def test_checkpoint_round_trip_restores_the_predictions(clip, model, tmp_path):
     path = save_official_checkpoint(model, tmp_path / "epoch_15.pth")
     saved = torch.load(path, weights_only=True)
