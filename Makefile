@@ -42,3 +42,5 @@ bench: $(STAMP)
 
 clean:
 	rm -rf build figures/*/ .pytest_cache
+
+include mk/course.mk

@@ -1,0 +1,309 @@
+"""Course tooling: student copies without solutions, Colab cells, the rendered site (``make student|site``).
+
+    python -m zsadlab.course student --out build/student notebooks/*.ipynb
+    python -m zsadlab.course site --out build/site notebooks/*.ipynb
+    python -m zsadlab.course colab notebooks/*.ipynb          # add/refresh the Colab badge and set-up cell, in place
+
+Cell roles are cell *tags* (``metadata.tags``), so Jupyter, nbconvert and papermill all see them:
+``solution`` (removed from student copies), ``parameters`` (papermill's, always kept),
+``colab-badge`` / ``colab-setup`` (the two cells :func:`add_colab_cells` owns). Every notebook
+operation goes through nbformat/nbconvert; no JSON is parsed by hand here.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import nbformat
+from nbconvert.preprocessors import ClearOutputPreprocessor, TagRemovePreprocessor
+
+from .utils import write_text_atomic
+
+# THE one place to change when the repository moves: Colab badges and the Colab set-up cell use it.
+REPO_URL = "https://github.com/zsadlab/zsadlab"
+REPO_BRANCH = "main"
+
+SOLUTION_TAG = "solution"
+PARAMETERS_TAG = "parameters"
+COLAB_BADGE_TAG = "colab-badge"
+COLAB_SETUP_TAG = "colab-setup"
+# Before the solution cells were tagged, the series marked them by their first line.
+LEGACY_SOLUTION_PREFIX = "if show_solutions:"
+COLAB_CHECKPOINT = "anomalyclip-mvtec"  # pulled by `zsadlab pull` on Colab
+
+BOOK_TEMPLATE = Path(__file__).resolve().parent.parent / "book"  # _config.yml of the site
+STAND_IN_NOTE = ("> **Stand-in page.** `build/notebooks/` had no executed copy of this notebook, so the site shows "
+                 "its nbval smoke baseline (`tests/notebooks/baselines/`): tiny random CLIP, synthetic data, "
+                 "figures removed. Run `make notebooks` and then `make site` for the real page.")
+
+
+class CourseError(ValueError):
+    """Bad input to the course tools; the message names the file and the fix."""
+
+
+# ----------------------------------------------------------------------------- notebooks in and out
+def read_notebook(path: str | Path) -> nbformat.NotebookNode:
+    """The notebook at ``path`` (nbformat 4), or a :class:`CourseError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CourseError(f"{path}: no such notebook (give a path to an .ipynb file, e.g. notebooks/02_dpam.ipynb)")
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as err:  # nbformat raises several JSON/schema errors; one line for the user
+        raise CourseError(f"{path}: not a readable notebook ({err.__class__.__name__}); "
+                          f"restore it from git (git checkout -- {path})") from err
+
+
+def write_notebook(nb: nbformat.NotebookNode, path: str | Path) -> Path:
+    """Validate ``nb`` and write it to ``path`` atomically."""
+    nbformat.validate(nb)
+    return write_text_atomic(nbformat.writes(nb), path)
+
+
+def cell_tags(cell: nbformat.NotebookNode) -> list[str]:
+    """The tags of ``cell`` (an empty list when it has none)."""
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def add_tag(cell: nbformat.NotebookNode, tag: str) -> None:
+    """Give ``cell`` the tag ``tag`` (once)."""
+    tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+    if tag not in tags:
+        tags.append(tag)
+
+
+# ----------------------------------------------------------------------------- student copies
+def tag_solutions(nb: nbformat.NotebookNode) -> int:
+    """Tag ``solution`` every code cell that starts with ``if show_solutions:`` (the series'
+    convention before tags); returns how many cells carry the tag afterwards. Idempotent."""
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.source.lstrip().startswith(LEGACY_SOLUTION_PREFIX):
+            add_tag(cell, SOLUTION_TAG)
+    return sum(SOLUTION_TAG in cell_tags(cell) for cell in nb.cells)
+
+
+def student_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A copy of ``nb`` without its ``solution`` cells and without outputs (nbconvert's
+    TagRemovePreprocessor and ClearOutputPreprocessor); exercises and ``parameters`` stay."""
+    nb = copy.deepcopy(nb)
+    tag_solutions(nb)
+    resources: dict = {}
+    for preprocessor in (TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG}), ClearOutputPreprocessor()):
+        nb, resources = preprocessor.preprocess(nb, resources)
+    return nb
+
+
+def student_copy(src: str | Path, dst: str | Path) -> int:
+    """Write the student copy of notebook ``src`` to ``dst``; returns the number of solution cells removed."""
+    nb = read_notebook(src)
+    student = student_notebook(nb)
+    if Path(dst).resolve() == Path(src).resolve():
+        raise CourseError(f"{dst}: the student copy would overwrite its source; choose another folder (--out)")
+    write_notebook(student, dst)
+    return len(nb.cells) - len(student.cells)
+
+
+# ----------------------------------------------------------------------------- Colab
+def colab_url(notebook_path: str, repo_url: str = REPO_URL, branch: str = REPO_BRANCH) -> str:
+    """Colab's address for ``notebook_path`` (relative to the repository root) on GitHub."""
+    owner_repo = repo_url.rstrip("/").removesuffix(".git").split("github.com/", 1)[-1]
+    return f"https://colab.research.google.com/github/{owner_repo}/blob/{branch}/{notebook_path}"
+
+
+def colab_badge_source(notebook_path: str, repo_url: str = REPO_URL) -> str:
+    """The markdown of the "Open in Colab" badge line."""
+    return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+            f"({colab_url(notebook_path, repo_url)})")
+
+
+def colab_setup_source(repo_url: str = REPO_URL) -> str:
+    """The first code cell: on Colab only, clone and install zsadlab and pull the checkpoints."""
+    return f'''# Colab only: install zsadlab from its repository and pull the checkpoints. Does nothing elsewhere.
+import sys
+
+if "google.colab" in sys.modules:
+    import os
+    import subprocess
+
+    REPO = "/content/zsadlab"
+    if not os.path.isdir(REPO):
+        subprocess.run(["git", "clone", "--depth", "1", "{repo_url}", REPO], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", REPO + "[notebooks]"], check=True)
+    os.chdir(REPO)  # the notebooks resolve data/ and figures/ from the repository root
+    sys.path.insert(0, REPO)
+    subprocess.run(["zsadlab", "pull", "{COLAB_CHECKPOINT}"], check=True)'''
+
+
+def upsert_cell(nb: nbformat.NotebookNode, tag: str, new_cell: nbformat.NotebookNode, index: int) -> None:
+    """Replace the source of the cell tagged ``tag`` by ``new_cell``'s, or insert ``new_cell`` at ``index``."""
+    for cell in nb.cells:
+        if tag in cell_tags(cell):
+            cell.source = new_cell.source
+            return
+    add_tag(new_cell, tag)
+    nb.cells.insert(index, new_cell)
+
+
+def add_colab_cells(nb: nbformat.NotebookNode, repo_url: str = REPO_URL, *,
+                    notebook_path: str) -> nbformat.NotebookNode:
+    """Insert (or refresh) the Colab badge as the first cell and the Colab set-up code cell right
+    before the ``parameters`` cell (after the title when there is none). Idempotent; returns ``nb``."""
+    upsert_cell(nb, COLAB_BADGE_TAG, nbformat.v4.new_markdown_cell(colab_badge_source(notebook_path, repo_url)), 0)
+    tags = [cell_tags(cell) for cell in nb.cells]
+    before_parameters = next((i for i, t in enumerate(tags) if PARAMETERS_TAG in t), min(2, len(nb.cells)))
+    upsert_cell(nb, COLAB_SETUP_TAG, nbformat.v4.new_code_cell(colab_setup_source(repo_url)), before_parameters)
+    return nb
+
+
+# ----------------------------------------------------------------------------- the site (Jupyter Book 1)
+def site_sources(series: Sequence[Path], executed: Path, fallback: Path) -> list[tuple[Path, bool]]:
+    """For each notebook of the series, its executed copy in ``executed`` or else its nbval
+    baseline in ``fallback``, with a flag saying whether it is that stand-in."""
+    chosen = []
+    for nb in series:
+        if (executed / nb.name).is_file():
+            chosen.append((executed / nb.name, False))
+        elif (fallback / nb.name).is_file():
+            chosen.append((fallback / nb.name, True))
+        else:
+            raise CourseError(f"{nb.name}: no executed copy in {executed}/ and no baseline in {fallback}/; "
+                              f"run `make notebooks` first")
+    return chosen
+
+
+def toc_yaml(notebooks: Sequence[str], guides: Sequence[str]) -> str:
+    """Jupyter Book's ``_toc.yml``: the README as the intro, the notebooks in order, then the guides."""
+    lines = ["# Generated by `python -m zsadlab.course site`; edit zsadlab/course.py, not this file.",
+             "format: jb-book", "root: intro", "parts:", "  - caption: Notebooks", "    chapters:"]
+    lines += [f"      - file: notebooks/{stem}" for stem in notebooks]
+    if guides:
+        lines += ["  - caption: For instructors", "    chapters:"]
+        lines += [f"      - file: {stem}" for stem in guides]
+    return "\n".join(lines) + "\n"
+
+
+def prepare_site(series: Sequence[Path], out: Path, executed: Path, fallback: Path,
+                 repo: Path = BOOK_TEMPLATE.parent) -> list[str]:
+    """Fill ``out`` with a Jupyter Book: config from ``book/``, README as intro, the executed
+    notebooks (stand-ins marked on their page), PROTOCOL.md when present and docs/INSTRUCTOR.md.
+    Returns the names of the stand-in notebooks."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(repo / "book" / "_config.yml", out / "_config.yml")
+    shutil.copyfile(repo / "README.md", out / "intro.md")
+    stand_ins = []
+    for source, stand_in in site_sources(series, executed, fallback):
+        nb = read_notebook(source)
+        if stand_in:
+            nb.cells.insert(0, nbformat.v4.new_markdown_cell(STAND_IN_NOTE))
+            stand_ins.append(source.name)
+        write_notebook(nb, out / "notebooks" / source.name)
+    guides = []
+    for doc in (repo / "PROTOCOL.md", repo / "docs" / "PROTOCOL.md", repo / "docs" / "INSTRUCTOR.md"):
+        if doc.is_file() and doc.stem not in guides:
+            shutil.copyfile(doc, out / doc.name)
+            guides.append(doc.stem)
+    write_text_atomic(toc_yaml([nb.stem for nb in series], guides), out / "_toc.yml")
+    return stand_ins
+
+
+def build_site(out: Path, jupyter_book: str | None = None) -> Path:
+    """Run ``jupyter-book build`` (1.x, sphinx; no execution) on ``out``; returns the HTML folder."""
+    command = jupyter_book or shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) \
+        or shutil.which("jupyter-book")
+    if not command:
+        raise CourseError("jupyter-book not found: install the site extra (pip install -e '.[site]') or run `make site`")
+    subprocess.run([command, "build", "--builder", "html", str(out)], check=True)
+    return out / "_build" / "html"
+
+
+# ----------------------------------------------------------------------------- command line
+def notebook_paths(paths: Sequence[Path]) -> list[Path]:
+    """The given notebooks in order; a folder stands for its ``*.ipynb``."""
+    found = []
+    for path in paths:
+        found += sorted(path.glob("*.ipynb")) if path.is_dir() else [path]
+    return found
+
+
+def run_student(args: argparse.Namespace) -> int:
+    for src in notebook_paths(args.notebooks):
+        removed = student_copy(src, args.out / src.name)
+        print(f"{args.out / src.name}: {removed} solution cell(s) removed, outputs cleared")
+    return 0
+
+
+def run_site(args: argparse.Namespace) -> int:
+    series = notebook_paths(args.notebooks)
+    stand_ins = prepare_site(series, args.out, args.executed, args.fallback)
+    if stand_ins:
+        print(f"note: {len(stand_ins)}/{len(series)} notebooks have no executed copy in {args.executed}/; the site "
+              f"shows their nbval smoke baselines from {args.fallback}/ as stand-ins (no figures): "
+              f"{', '.join(stand_ins)}. Run `make notebooks` for the real pages.")
+    if args.no_build:
+        return 0
+    html = build_site(args.out, args.jupyter_book)
+    print(f"site: {html / 'index.html'}")
+    return 0
+
+
+def run_colab(args: argparse.Namespace) -> int:
+    for path in notebook_paths(args.notebooks):
+        nb = read_notebook(path)
+        add_colab_cells(nb, args.repo_url, notebook_path=f"notebooks/{path.name}")
+        write_notebook(nb, path)
+        print(f"{path}: Colab badge and set-up cell up to date")
+    return 0
+
+
+def run_tag(args: argparse.Namespace) -> int:
+    for path in notebook_paths(args.notebooks):
+        nb = read_notebook(path)
+        count = tag_solutions(nb)
+        write_notebook(nb, path)
+        print(f"{path}: {count} cell(s) tagged {SOLUTION_TAG!r}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m zsadlab.course", description=__doc__.splitlines()[0])
+    commands = root.add_subparsers(dest="command", required=True)
+    student = commands.add_parser("student", help="student copies: solution cells removed, outputs cleared")
+    student.add_argument("notebooks", nargs="+", type=Path)
+    student.add_argument("--out", type=Path, default=Path("build/student"))
+    student.set_defaults(func=run_student)
+    site = commands.add_parser("site", help="the Jupyter Book site of the executed notebooks")
+    site.add_argument("notebooks", nargs="+", type=Path, help="the series (its order and names)")
+    site.add_argument("--executed", type=Path, default=Path("build/notebooks"), help="executed copies (make notebooks)")
+    site.add_argument("--fallback", type=Path, default=Path("tests/notebooks/baselines"),
+                      help="stand-ins for notebooks without an executed copy")
+    site.add_argument("--out", type=Path, default=Path("build/site"))
+    site.add_argument("--jupyter-book", default=None, help="the jupyter-book executable (default: beside python)")
+    site.add_argument("--no-build", action="store_true", help="only write the book's sources")
+    site.set_defaults(func=run_site)
+    colab = commands.add_parser("colab", help="add or refresh the Colab badge and set-up cell (in place)")
+    colab.add_argument("notebooks", nargs="+", type=Path)
+    colab.add_argument("--repo-url", default=REPO_URL)
+    colab.set_defaults(func=run_colab)
+    tag = commands.add_parser("tag-solutions", help=f"tag {SOLUTION_TAG!r} the cells starting with "
+                                                    f"{LEGACY_SOLUTION_PREFIX!r} (in place)")
+    tag.add_argument("notebooks", nargs="+", type=Path)
+    tag.set_defaults(func=run_tag)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CourseError, subprocess.CalledProcessError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
