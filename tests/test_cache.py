@@ -1,0 +1,51 @@
+"""The run cache: a training already done is loaded, not redone; every request can be logged."""
+import json
+
+import torch
+
+from zsadlab import engine
+from zsadlab.data import ensure_dataset
+from zsadlab.engine.cache import data_identity, load_or_train, training_key
+from zsadlab.profiles import get_profile
+
+
+def _trained(tmp_path, cache, **changes):
+    profile = get_profile("smoke", quiet=True)
+    model = engine.build_model("anomalyclip", profile, "cpu", **changes)
+    root = ensure_dataset("synthetic_industrial", tmp_path / "data")
+    data = engine.dataset_for(model, root, "test", require_masks=True)
+    return model, load_or_train(model, data, cache, epochs=1, max_steps_per_epoch=2, progress=False)
+
+
+def test_keys_are_equal_for_equal_parts_and_differ_for_any_change():
+    base = dict(method="anomalyclip", config={"features": (24,)}, seed=111, epochs=15)
+    assert training_key(**base) == training_key(**dict(reversed(list(base.items()))))
+    assert training_key(**base) != training_key(**{**base, "epochs": 14})
+    assert training_key(**base) != training_key(**{**base, "config": {"features": (6, 12, 18, 24)}})
+
+
+def test_a_second_request_for_the_same_training_reuses_it_with_the_same_weights(tmp_path, monkeypatch):
+    log = tmp_path / "trainings.json"
+    monkeypatch.setenv("ZSADLAB_TRAININGS_LOG", str(log))
+    monkeypatch.setenv("ZSADLAB_NOTEBOOK", "nb")
+    first_model, first = _trained(tmp_path, tmp_path / "cache")
+    second_model, second = _trained(tmp_path, tmp_path / "cache")
+    assert (first.action, second.action) == ("trained", "reused")
+    assert first.key == second.key and first.history["total"] == second.history["total"]
+    for a, b in zip(first_model.prompt_learner.parameters(), second_model.prompt_learner.parameters()):
+        assert torch.equal(a, b)
+    assert [e["action"] for e in json.loads(log.read_text())] == ["trained", "reused"]
+
+
+def test_another_config_is_another_training(tmp_path):
+    _, first = _trained(tmp_path, tmp_path / "cache")
+    _, other = _trained(tmp_path, tmp_path / "cache", loss="global")
+    assert other.action == "trained" and other.key != first.key
+
+
+def test_a_budget_subset_is_other_training_data(tmp_path):
+    profile = get_profile("smoke", quiet=True)
+    model = engine.build_model("anomalyclip", profile, "cpu")
+    data = engine.dataset_for(model, ensure_dataset("synthetic_industrial", tmp_path / "data"), "test")
+    smaller = data.subset(data.classes[0])
+    assert data_identity(data)["files"] != data_identity(smaller)["files"]

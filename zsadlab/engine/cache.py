@@ -1,0 +1,105 @@
+"""Load-or-train: the run cache that keeps the series from training the same model twice.
+
+A training is identified by everything that decides its result: the method, its config, the
+training data (the dataset's name, split and the exact list of images, so a budget subset is a
+different run), the seed, the epochs, the global batch and the step budget. :func:`training_key`
+turns that into a short digest and :func:`load_or_train` runs the one trainer (``engine.train``)
+in ``<cache>/<method>-<digest>/``: a finished run is loaded from its resume state instead of
+trained again, an interrupted one resumes after its last completed epoch.
+
+Every request can be logged to the JSON file named by ``ZSADLAB_TRAININGS_LOG`` - one entry
+``{"notebook", "key", "action"}`` per request, ``action`` one of ``trained``, ``reused`` or
+``pulled`` (an official checkpoint) - which is how ``make notebooks`` shows that no training of
+the series runs twice (``build/notebooks/trainings.json``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..utils import write_json_atomic
+from .building import method_of
+from .training import completed_epochs, train
+
+TRAININGS_LOG_ENV = "ZSADLAB_TRAININGS_LOG"
+NOTEBOOK_ENV = "ZSADLAB_NOTEBOOK"
+ACTIONS = ("trained", "reused", "pulled")
+
+
+@dataclass(frozen=True)
+class CachedRun:
+    """The outcome of one training request: the run folder, its loss history and what happened."""
+
+    key: str
+    folder: Path | None
+    history: dict
+    action: str  # one of ACTIONS
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-able data (dataclasses, tuples and paths included), for hashing."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def training_key(**parts: Any) -> str:
+    """A 16-hex-digit digest of ``parts``; equal parts give equal keys, on any machine."""
+    text = json.dumps(_plain(parts), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def data_identity(dataset) -> dict:
+    """What a training reads: the dataset folder's name, the split and a digest of its images
+    (paths relative to the root, so the key survives moving the data)."""
+    root = Path(dataset.root)
+    paths = sorted(str(Path(s.path).relative_to(root)) for s in dataset.samples)
+    return {"dataset": root.name, "split": dataset.split, "images": len(paths),
+            "files": hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]}
+
+
+def log_request(key: str, action: str) -> None:
+    """Append ``{"notebook", "key", "action"}`` to the file named by ``ZSADLAB_TRAININGS_LOG`` (if set)."""
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
+    log = os.environ.get(TRAININGS_LOG_ENV)
+    if not log:
+        return
+    path = Path(log)
+    entries = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    entries.append({"notebook": os.environ.get(NOTEBOOK_ENV, ""), "key": key, "action": action})
+    write_json_atomic(entries, path)
+
+
+def load_or_train(model, dataset, cache_dir: str | Path, epochs: int | None = None, batch_size: int | None = None,
+                  seed: int | None = None, max_steps_per_epoch: int | None = None, progress: bool = True,
+                  **plan_options) -> CachedRun:
+    """Train ``model`` on ``dataset`` with :func:`engine.train`, unless this exact training is in the cache.
+
+    ``None`` arguments take the method's official values (as :func:`engine.train`). The model
+    ends up holding the trained parts either way; ``action`` says whether they were trained now
+    (``"trained"``, also when an interrupted run was resumed) or loaded (``"reused"``).
+    """
+    spec = method_of(model)
+    epochs = epochs or model.config.epochs
+    batch_size = batch_size or model.config.batch_size
+    seed = spec.seed if seed is None else seed
+    key = training_key(method=spec.name, config=model.config, data=data_identity(dataset), seed=seed, epochs=epochs,
+                       batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch, options=plan_options)
+    folder = Path(cache_dir) / f"{spec.name}-{key}"
+    action = "reused" if completed_epochs(folder) >= epochs else "trained"
+    history = train(model, dataset, epochs, batch_size, out_dir=folder, resume=True, seed=seed,
+                    max_steps_per_epoch=max_steps_per_epoch, progress=progress, **plan_options)
+    log_request(key, action)
+    return CachedRun(key, folder, history, action)
