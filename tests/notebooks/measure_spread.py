@@ -5,13 +5,10 @@
 Each argument is a folder of ``<stem>/<table>`` files written under one combination (``make
 test-cpus`` keeps them in ``build/cpu-matrix/<kernel>-omp<threads>/``). For every reference table
 in ``references/`` it prints the largest ``|value - reference|`` over all combinations (where, and
-under which combination) and whether result_tables.RTOL/ATOL covers it. Choose ATOL about ten
+under which combination) and whether its tolerance (result_tables.table_atol) covers it. Choose it at least ten
 times the largest spread, and well below the change a real behaviour change makes (for example
 DPAM mode vv -> qq in a notebook's parameters). After ``make baselines``, run ``make test-cpus``
 and check this report before committing new references.
-
-Measured on 2026-11-30 (Xeon with AVX-512, 2 cores; `make test-cpus`): see the report at the
-end of the lead's notes for issue #9.
 """
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from result_tables import ATOL, REFERENCES, RTOL, deviation, numeric_pairs  # noqa: E402
+from result_tables import REFERENCES, RTOL, deviation, numeric_pairs, table_atol  # noqa: E402
 
 
 def spread(folders: list[Path], stem: str, name: str) -> tuple[float, str, list[str]]:
@@ -44,15 +41,15 @@ def spread(folders: list[Path], stem: str, name: str) -> tuple[float, str, list[
 def report(folders: list[Path]) -> bool:
     """Print the spread of every reference table over ``folders``; True when the tolerance covers it."""
     folders = [Path(f) for f in folders]
-    print(f"spread of the notebook result tables over {len(folders)} combinations "
-          f"(tolerance atol {ATOL:g}, rtol {RTOL:g}):")
+    print(f"spread of the notebook result tables over {len(folders)} combinations (rtol {RTOL:g}):")
     covered = True
     for table in sorted(REFERENCES.glob("*/*")):
         worst, where, problems = spread(folders, table.parent.name, table.name)
-        ok = not problems and worst <= ATOL and not math.isinf(worst)
+        atol = table_atol(table.parent.name, table.name)
+        ok = not problems and worst <= atol and not math.isinf(worst)
         covered &= ok
-        print(f"  {table.parent.name}/{table.name}: max |diff| {worst:.3g} {'ok' if ok else 'NOT COVERED'}"
-              + (f"  at {where}" if worst else ""))
+        print(f"  {table.parent.name}/{table.name}: max |diff| {worst:.3g} (atol {atol:g}) "
+              f"{'ok' if ok else 'NOT COVERED'}" + (f"  at {where}" if worst else ""))
         for problem in problems:
             print(f"      {problem}")
     return covered

@@ -6,7 +6,7 @@ the numbers masked; a change of behaviour moves these numbers well beyond that s
 from __future__ import annotations
 
 import pytest
-from result_tables import BASELINES, REFERENCES, baseline_output_dir, mismatches
+from result_tables import BASELINES, REFERENCES, baseline_output_dir, mismatches, table_atol
 
 from zsadlab.run_notebooks import result_files
 
@@ -33,7 +33,7 @@ def test_result_table_matches_its_smoke_reference_within_the_measured_spread(ste
     require_executed(stem, executed_notebooks)
     actual = baseline_output_dir(stem) / name
     assert actual.is_file(), f"{stem} did not write {name} (see its failing cell above)"
-    problems = mismatches(actual, REFERENCES / stem / name)
+    problems = mismatches(actual, REFERENCES / stem / name, atol=table_atol(stem, name))
     assert not problems, f"{stem}/{name} differs from its reference ({REGENERATE}):\n  " + "\n  ".join(problems)
 
 
