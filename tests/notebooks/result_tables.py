@@ -27,11 +27,12 @@ REFERENCES = HERE / "references"
 # Chosen from the spread measured across ATEN_CPU_CAPABILITY=default/avx2/avx512 x OMP_NUM_THREADS=1/2
 # (`make test-cpus` prints it, tests/notebooks/measure_spread.py): at least ten times the largest spread,
 # well below what a real change moves (the DPAM default vv -> qq moves the smoke metrics by 1.2e-3 to 7e-3).
-# Measured: AnomalyCLIP/CLIP metrics <= 4e-6; InCTRL score parts <= 1.4e-4 (eval BatchNorm with a small
-# running variance amplifies kernel noise, FIXTURES inctrl §6). Rerun after `make baselines`.
+# Measured (2026-11-30, Xeon with AVX-512, 6 combinations): AnomalyCLIP/CLIP metrics <= 4.0e-6, InCTRL
+# k-shot AUROC 0, InCTRL score parts <= 2.7e-4 (eval BatchNorm with a small running variance amplifies
+# kernel noise, FIXTURES inctrl §6). Rerun after `make baselines`.
 RTOL = 0.0
 ATOL = 1e-4
-ATOL_PER_TABLE = {"08_inctrl_few_shot/score_parts.json": 2e-3}
+ATOL_PER_TABLE = {"08_inctrl_few_shot/score_parts.json": 3e-3}
 
 Number = float
 
