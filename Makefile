@@ -1,14 +1,23 @@
 # zsadlab - two commands do all the set-up on a fresh clone (Python 3.11 + pip):
 #   make notebooks   execute every notebook (profile auto) into build/notebooks/, figures into figures/
-#   make test        the whole test suite, notebook regression (nbval) included
+#   make test        the whole test suite, notebook regression (nbval + result tables) included
+#   make test-cpus   tests/parity + tests/notebooks under every CPU kernel x OMP_NUM_THREADS 1, 2
+#   make baselines   regenerate the notebook regression: baselines (nbval) and references (numbers)
+# VENV=/path/to/venv uses an existing environment as it is (nothing is installed into it).
 PYTHON   ?= $(shell command -v python3.11 || command -v python3)
-VENV     := .venv
+VENV     ?= .venv
 PY       := $(VENV)/bin/python
+ifeq ($(VENV),.venv)
 STAMP    := $(VENV)/.installed
+else
+STAMP    :=
+endif
 PROFILE  ?= auto
+# this checkout's zsadlab, also in the notebook kernels, whichever environment runs it
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: all install test test-fast notebooks baselines bench clean
+.PHONY: all install test test-fast test-cpus notebooks baselines bench clean
 
 all: test
 
@@ -16,10 +25,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+ifneq ($(STAMP),)
 # Re-install when the dependency list changes.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[notebooks,dev]"
 	touch $(STAMP)
+endif
 
 install: $(STAMP)
 
@@ -29,11 +40,15 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+test-cpus: $(STAMP)
+	$(PY) tests/cpu_matrix.py
+
 notebooks: $(STAMP)
 	$(PY) -m zsadlab.run_notebooks --profile $(PROFILE) --out build/notebooks --figures figures $(NOTEBOOKS)
 
 baselines: $(STAMP)
-	$(PY) -m zsadlab.run_notebooks --profile smoke --baselines tests/notebooks/baselines $(NOTEBOOKS)
+	$(PY) -m zsadlab.run_notebooks --profile smoke --baselines tests/notebooks/baselines \
+		--references tests/notebooks/references $(NOTEBOOKS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_metrics.py

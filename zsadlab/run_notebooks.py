@@ -1,7 +1,8 @@
 """Execute the notebook series with papermill (``make notebooks``) or write nbval baselines (``make baselines``).
 
     python -m zsadlab.run_notebooks --profile auto --out build/notebooks --figures figures notebooks/*.ipynb
-    python -m zsadlab.run_notebooks --profile smoke --baselines tests/notebooks/baselines notebooks/*.ipynb
+    python -m zsadlab.run_notebooks --profile smoke --baselines tests/notebooks/baselines \
+        --references tests/notebooks/references notebooks/*.ipynb
 
 Each notebook runs in its own folder (papermill ``cwd``) with these parameters injected:
 ``profile`` and ``output_dir`` (``<figures>/<stem>``, kept *relative* when given relative: the
@@ -11,13 +12,20 @@ the same injected cell works under papermill (cwd ``notebooks/``) and nbval (cwd
 
 Baseline mode executes in the smoke profile and writes *sanitised* notebooks for nbval:
 image payloads removed (their ``text/plain`` stand-in kept, so output counts still match),
-papermill's timing metadata and widget state dropped, all text kept.
+papermill's timing metadata and widget state dropped, all text kept. With ``--references`` the
+result tables each notebook writes to its ``output_dir`` (``*.csv``, ``*.json``) are copied to
+``<references>/<stem>/``: the numbers the notebook regression compares with a tolerance
+(tests/notebooks/test_references.py), while nbval compares the text with the numbers masked.
+
+Kernels are started with CurveZMQ keys from the kernel manager when the kernelspec supports
+them, so ipykernel does not warn about unencrypted TCP once per notebook.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,7 +35,23 @@ from .utils import atomic_path, write_json_atomic
 
 IMAGE_MIME_PREFIXES = ("image/",)
 BASELINE_FIGURES = "build/nbval/figures"
+RESULT_SUFFIXES = (".csv", ".json")
 KERNEL = "python3"
+
+
+def encrypted_kernel_manager():
+    """A jupyter KernelManager class that provisions CurveZMQ keys when the kernelspec supports them
+    (no "Kernel is running over TCP without encryption" warning); plain TCP otherwise."""
+    import zmq
+    from jupyter_client.manager import KernelManager
+    from traitlets import default
+
+    class EncryptedKernelManager(KernelManager):
+        @default("transport_encryption")
+        def _transport_encryption_default(self):
+            return "auto" if zmq.has("curve") else "disabled"
+
+    return EncryptedKernelManager
 
 
 def notebook_parameters(stem: str, profile: str, figures: str, extra: dict | None = None) -> dict:
@@ -47,6 +71,7 @@ def execute(source: Path, target: Path, parameters: dict, kernel_name: str = KER
     pm.execute_notebook(
         str(source), str(target), parameters=parameters, cwd=str(source.resolve().parent),
         kernel_name=kernel_name, progress_bar=False, log_output=False, execution_timeout=timeout,
+        kernel_manager_class=encrypted_kernel_manager(),
     )
     return time.perf_counter() - start
 
@@ -71,6 +96,28 @@ def sanitise_baseline(nb):
     return nb
 
 
+def result_files(folder: Path) -> list[Path]:
+    """The result tables (``*.csv``, ``*.json``) a notebook wrote into its output folder, sorted."""
+    return sorted(p for p in Path(folder).glob("*") if p.is_file() and p.suffix in RESULT_SUFFIXES)
+
+
+def clear_results(folder: Path) -> None:
+    """Remove earlier result tables from ``folder`` (figures and anything else stay)."""
+    for path in result_files(folder):
+        path.unlink()
+
+
+def copy_results(folder: Path, target: Path) -> list[Path]:
+    """Replace the result tables in ``target`` by those in ``folder``; returns the copies."""
+    clear_results(target)
+    copies = []
+    for path in result_files(folder):
+        with atomic_path(target / path.name) as tmp:
+            shutil.copyfile(path, tmp)
+        copies.append(target / path.name)
+    return copies
+
+
 def _write_sanitised(executed: Path, target: Path) -> None:
     import nbformat
 
@@ -81,9 +128,15 @@ def _write_sanitised(executed: Path, target: Path) -> None:
 
 
 def run(notebooks: Sequence[Path], profile: str, out: Path, figures: str, baselines: Path | None = None,
-        timings_path: Path | None = None, extra: dict | None = None, kernel_name: str = KERNEL) -> dict:
-    """Execute ``notebooks`` in order; returns ``{"seconds": {stem: s}, "failed": [stems]}``."""
+        timings_path: Path | None = None, extra: dict | None = None, kernel_name: str = KERNEL,
+        references: Path | None = None) -> dict:
+    """Execute ``notebooks`` in order; returns ``{"seconds": {stem: s}, "failed": [stems]}``.
+
+    With ``references`` each notebook's result tables are copied to ``references/<stem>/`` (earlier
+    result tables in its output folder are cleared first, so only this run's tables are copied)."""
     from tqdm.auto import tqdm
+
+    from .viz import repo_root, resolve_path
 
     seconds: dict[str, float] = {}
     failed: list[str] = []
@@ -93,11 +146,16 @@ def run(notebooks: Sequence[Path], profile: str, out: Path, figures: str, baseli
         bar.set_postfix_str(stem)
         executed = out / source.name
         params = notebook_parameters(stem, profile, figures, extra)
+        results = resolve_path(params["output_dir"], repo_root(source.resolve().parent))  # as the notebook does
+        if references is not None:
+            clear_results(results)
         try:
             seconds[stem] = round(execute(source, executed, params, kernel_name), 2)
             status = "ok"
             if baselines is not None:
                 _write_sanitised(executed, baselines / source.name)
+            if references is not None:
+                copy_results(results, references / stem)
         except Exception as err:  # keep going: report every broken notebook at once
             seconds[stem] = float("nan")
             failed.append(stem)
@@ -133,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--figures", default="figures", help="figures go to <figures>/<notebook stem>/")
     parser.add_argument("--baselines", type=Path, default=None,
                         help="write sanitised smoke-profile baselines for nbval into this folder (forces --profile smoke)")
+    parser.add_argument("--references", type=Path, default=None,
+                        help="copy each notebook's result tables (csv/json in its output_dir) to <references>/<stem>/")
     parser.add_argument("--timings", type=Path, default=None, help="default: <out>/timings.json")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="extra parameter for every notebook (value parsed as JSON when possible)")
@@ -155,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         parser.error(f"no such notebook: {', '.join(missing)}")
     report = run(args.notebooks, profile, out, figures, args.baselines, timings or out / "timings.json",
-                 extra, args.kernel)
+                 extra, args.kernel, args.references)
     print(f"{len(args.notebooks) - len(report['failed'])}/{len(args.notebooks)} notebooks ran in "
           f"{report['total_seconds']:.1f} s (profile {profile}); timings in {timings or out / 'timings.json'}")
     if report["failed"]:

@@ -1,17 +1,36 @@
-"""nbval set-up for the notebook regression (tests/notebooks/baselines/*.ipynb).
+"""Notebook regression set-up: nbval on tests/notebooks/baselines/*.ipynb, then the numbers.
 
-``pyproject.toml`` adds ``--nbval --nbval-current-env`` to every pytest run; this file makes
-the sanitizer file independent of the working directory and marks every notebook cell as
-``slow`` and ``notebooks`` (so ``make test-fast`` / ``-m "not notebooks"`` skip them).
+``pyproject.toml`` adds ``--nbval --nbval-current-env`` to every pytest run. nbval executes each
+baseline once and compares the text of its outputs with the floating-point numbers masked
+(``sanitize.cfg``, made cwd-independent here). Each baseline's injected ``output_dir`` points
+into ``build/nbval/figures/<stem>``; the result tables the notebook writes there are compared
+with ``references/<stem>/`` at a tolerance by test_references.py, which therefore runs after the
+notebooks (ordered here) and only for notebooks executed in this session (stale tables from an
+earlier run are cleared before a notebook's first cell). Every notebook cell and reference test
+is marked ``slow`` and ``notebooks`` (``make test-fast`` / ``-m "not notebooks"`` skip them).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from result_tables import baseline_output_dir
+
+from zsadlab.run_notebooks import clear_results
 
 HERE = Path(__file__).resolve().parent
 SANITIZE = HERE / "sanitize.cfg"
+REFERENCE_TESTS = "test_references.py"
+
+_executed: set[str] = set()  # stems of the baselines nbval started in this session
+
+
+def _is_notebook_cell(item) -> bool:
+    return str(item.fspath).endswith(".ipynb")
+
+
+def _is_reference_test(item) -> bool:
+    return Path(str(item.fspath)).name == REFERENCE_TESTS
 
 
 def pytest_configure(config):
@@ -22,6 +41,21 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if str(item.fspath).endswith(".ipynb"):
+        if _is_notebook_cell(item) or _is_reference_test(item):
             item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.notebooks)
+    items.sort(key=_is_reference_test)  # stable: the numbers are checked after every notebook ran
+
+
+def pytest_runtest_setup(item):
+    if _is_notebook_cell(item):
+        stem = Path(str(item.fspath)).stem
+        if stem not in _executed:
+            clear_results(baseline_output_dir(stem))
+            _executed.add(stem)
+
+
+@pytest.fixture(scope="session")
+def executed_notebooks() -> set[str]:
+    """Stems of the baselines nbval executed in this session."""
+    return _executed

@@ -47,3 +47,25 @@ def test_missing_notebook_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         rn.main([str(tmp_path / "nope.ipynb")])
     assert "no such notebook" in capsys.readouterr().err
+
+
+def test_result_tables_replace_the_earlier_ones_and_nothing_else_is_copied(tmp_path):
+    made = tmp_path / "output_dir"
+    for name in ("table.csv", "table.json", "figure.png"):
+        (made / name).parent.mkdir(parents=True, exist_ok=True)
+        (made / name).write_text(name)
+    references = tmp_path / "references"
+    references.mkdir()
+    (references / "renamed.csv").write_text("old")
+    (references / "README.txt").write_text("kept")
+    copies = rn.copy_results(made, references)
+    assert [p.name for p in copies] == ["table.csv", "table.json"]
+    assert sorted(p.name for p in references.iterdir()) == ["README.txt", "table.csv", "table.json"]
+    assert (references / "table.json").read_text() == "table.json"
+
+
+def test_kernels_get_curve_keys_when_zmq_can_encrypt():
+    import zmq
+
+    manager = rn.encrypted_kernel_manager()(kernel_name="python3")
+    assert manager.transport_encryption == ("auto" if zmq.has("curve") else "disabled")
