@@ -258,9 +258,10 @@ class WinCLIP(nn.Module):
     # -- encoders ---------------------------------------------------------------
 
     def check_images(self, images: torch.Tensor, what: str = "images") -> None:
+        """One-line ``ValueError`` unless ``images`` is a non-empty ``[N, 3, S, S]`` batch."""
         size = self.config.image_size
-        if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
-            raise ValueError(f"WinCLIP {what} must be a [N, 3, {size}, {size}] tensor of normalised images, "
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size) or images.shape[0] == 0:
+            raise ValueError(f"WinCLIP {what} must be a non-empty [N, 3, {size}, {size}] tensor of normalised images, "
                              f"got shape {tuple(images.shape)}; resize to {size} px (zsadlab.data transforms)")
 
     @torch.no_grad()
