@@ -28,17 +28,18 @@ def model():
 
 
 def images(n, seed):
+    """``[n, 3, S, S]`` random normalised images, the same for the same seed."""
     return torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")
 def queries():
-    return images(3, seed=1)  # [3, 3, S, S]
+    return images(3, seed=1)
 
 
 @pytest.fixture(scope="module")
 def references():
-    return images(2, seed=2)  # [k=2, 3, S, S]
+    return images(2, seed=2)  # k = 2 normal references
 
 
 # --- configuration and prompts ---------------------------------------------------

@@ -181,21 +181,30 @@ def test_window_embeddings_do_not_collapse_to_one_vector(model, references):
 # Zero-shot WinCLIP (FIXTURES §5)
 # ---------------------------------------------------------------------------
 
-ZERO_SHOT_FIELDS = {
-    "image_score": lambda o: o.image_score,
-    "window_scores_s2": lambda o: o.window_scores[0],
-    "window_scores_s3": lambda o: o.window_scores[1],
-    "map_s2": lambda o: o.scale_maps[0],
-    "map_s3": lambda o: o.scale_maps[1],
-    "zs_map": lambda o: o.zero_shot_map,
-}
+def per_scale(name: str, field: str) -> dict[str, str]:
+    """``{f"{name}_s{scale}": f"{field}.{i}"}``: fixture key -> attribute path of a per-scale tuple."""
+    return {f"{name}_s{scale}": f"{field}.{i}" for i, scale in enumerate(SCALES)}
+
+
+def field(path: str):
+    """The getter of an attribute path such as ``"few_shot.window_scores.0"``."""
+    def get(out):
+        for part in path.split("."):
+            out = out[int(part)] if part.isdigit() else getattr(out, part)
+        return out
+    return get
+
+
+# fixture key -> WinCLIPOutput attribute path (FIXTURES §5)
+ZERO_SHOT_FIELDS = {"image_score": "image_score", "zs_map": "zero_shot_map",
+                    **per_scale("window_scores", "window_scores"), **per_scale("map", "scale_maps")}
 
 
 @pytest.mark.parametrize("name", ZERO_SHOT_FIELDS)
 @pytest.mark.parametrize("class_name", CLASSES)
 def test_zero_shot_scores_and_maps(zero_shot, class_name, name):
     golden = npz("zero_shot")
-    assert_close(cat(zero_shot[class_name], ZERO_SHOT_FIELDS[name]), golden[f"{class_name}_{name}"], **SCORES)
+    assert_close(cat(zero_shot[class_name], field(ZERO_SHOT_FIELDS[name])), golden[f"{class_name}_{name}"], **SCORES)
 
 
 def test_zero_shot_prediction_is_the_image_score_and_the_bilinear_map(model, queries):
@@ -216,23 +225,17 @@ def test_zero_shot_map_is_not_constant_and_not_anomalibs_collapsed_map(zero_shot
 # Few-shot WinCLIP+ (FIXTURES §6)
 # ---------------------------------------------------------------------------
 
-FEW_SHOT_FIELDS = {
-    "va_patch_map": lambda o: o.few_shot.patch_map,
-    "va_window_scores_s2": lambda o: o.few_shot.window_scores[0],
-    "va_window_scores_s3": lambda o: o.few_shot.window_scores[1],
-    "va_map_s2": lambda o: o.few_shot.scale_maps[0],
-    "va_map_s3": lambda o: o.few_shot.scale_maps[1],
-    "fs_map": lambda o: o.few_shot.map,
-    "combined_map": lambda o: o.patch_map,
-    "pred_score": lambda o: o.score,
-}
+# fixture key (after "k{K}_") -> WinCLIPOutput attribute path (FIXTURES §6)
+FEW_SHOT_FIELDS = {"va_patch_map": "few_shot.patch_map", "fs_map": "few_shot.map", "combined_map": "patch_map",
+                   "pred_score": "score", **per_scale("va_window_scores", "few_shot.window_scores"),
+                   **per_scale("va_map", "few_shot.scale_maps")}
 
 
 @pytest.mark.parametrize("name", FEW_SHOT_FIELDS)
 @pytest.mark.parametrize("k", SHOTS)
 def test_few_shot_scores_and_maps(few_shot, k, name):
     golden = npz("few_shot")
-    assert_close(cat(few_shot[k], FEW_SHOT_FIELDS[name]), golden[f"k{k}_{name}"], **SCORES)
+    assert_close(cat(few_shot[k], field(FEW_SHOT_FIELDS[name])), golden[f"k{k}_{name}"], **SCORES)
 
 
 def test_few_shot_prediction_is_the_combined_score_and_bilinear_map(model, queries, references):
