@@ -290,17 +290,26 @@ class WinCLIP(nn.Module):
 
     # -- scoring ------------------------------------------------------------------
 
+    def scale_maps(self, window_scores: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Per scale ``[B, g, g]``: the harmonic aggregation of that scale's ``[B, n]`` window scores."""
+        return tuple(harmonic_aggregation(s, m, self.grid) for s, m in zip(window_scores, self.masks, strict=True))
+
     def few_shot_maps(self, query: WinCLIPFeatures, memory: WinCLIPFeatures) -> FewShotMaps:
         """Visual association of the query against the references' memory (fixtures §6)."""
         patch_map = visual_association(query.patch_tokens, memory.patch_tokens).unflatten(1, (self.grid, self.grid))
         window_scores = tuple(visual_association(q, m) for q, m in zip(query.windows, memory.windows))
-        scale_maps = tuple(harmonic_aggregation(s, m, self.grid) for s, m in zip(window_scores, self.masks))
+        scale_maps = self.scale_maps(window_scores)
         fused = torch.stack([patch_map, *scale_maps]).mean(dim=0)  # [B, g, g] arithmetic (§9.1)
         return FewShotMaps(patch_map, window_scores, scale_maps, fused)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, class_names: str | Sequence[str],
                 references: torch.Tensor | WinCLIPFeatures | None = None) -> WinCLIPOutput:
+        """Every score and map of anomalib's ``forward`` (fixtures §5-§6), on the ``g`` x ``g`` patch grid.
+
+        ``class_names``: one name, or one per image. ``references``: ``[k, 3, S, S]`` normal
+        images of the class, or their :meth:`features`; ``None`` for zero-shot.
+        """
         self.check_images(images)
         batch = images.shape[0]
         names = [class_names] * batch if isinstance(class_names, str) else list(class_names)
@@ -315,7 +324,7 @@ class WinCLIP(nn.Module):
         tau = self.config.temperature
         image_score = anomaly_probability(query.image_embedding.unsqueeze(1), text, tau)[:, 0]  # [B]
         window_scores = tuple(anomaly_probability(w, text, tau) for w in query.windows)  # per scale [B, n]
-        scale_maps = tuple(harmonic_aggregation(s, m, self.grid) for s, m in zip(window_scores, self.masks))
+        scale_maps = self.scale_maps(window_scores)
         image_map = image_score[:, None, None].expand(-1, self.grid, self.grid)  # [B, g, g]
         levels = torch.stack([image_map, *scale_maps])  # [1+scales, B, g, g]
         zero_shot_map = levels.shape[0] / (1.0 / levels).sum(dim=0)  # [B, g, g] harmonic, no guard (§9.13)
