@@ -26,8 +26,8 @@ def test_smoke_profile_uses_the_final_block_of_its_tiny_backbone():
 
 
 def test_a_method_the_profile_does_not_set_up_is_named():
-    with pytest.raises(ValueError, match="no setup for 'winclip'"):
-        PROFILES["smoke"].config("winclip")
+    with pytest.raises(ValueError, match="no setup for 'patchcore'"):
+        PROFILES["smoke"].config("patchcore")
 
 
 def test_auto_without_weights_is_smoke_and_says_so_once(monkeypatch, tmp_path, capsys):

@@ -9,7 +9,7 @@ import torch
 from zsadlab.backbone import embed_image, pooled_image_embedding, tiny_clip
 from zsadlab.winclip import (
     WinCLIPConfig,
-    build,
+    WinCLIP,
     harmonic_aggregation,
     visual_association,
     window_embeddings,
@@ -24,7 +24,7 @@ CLOSE = dict(atol=1e-5, rtol=0)
 
 @pytest.fixture(scope="module")
 def model():
-    return build(tiny_clip("inctrl", seed=0), WinCLIPConfig())
+    return WinCLIP(tiny_clip("inctrl", seed=0), WinCLIPConfig())
 
 
 def images(n, seed):
@@ -214,3 +214,19 @@ def test_the_backbone_is_frozen_and_stays_in_eval_mode(model):
     assert not model.clip.training and not any(p.requires_grad for p in model.parameters())
     assert all(key.startswith("clip.") for key in model.state_dict())  # masks are derived, not saved
     model.eval()
+
+
+def test_winclip_and_winclip_plus_run_through_the_registry_and_the_engine(tmp_path):
+    from zsadlab import engine
+    from zsadlab.data import ensure_dataset
+    from zsadlab.profiles import get_profile
+
+    profile = get_profile("smoke", quiet=True)
+    root = ensure_dataset("synthetic_ultrasound", tmp_path / "data")
+    zero_shot = engine.build_model("winclip", profile, "cpu")
+    data = engine.dataset_for(zero_shot, root).subset(engine.dataset_for(zero_shot, root).classes[0])
+    table = engine.evaluate(zero_shot, data, batch_size=4, progress=False)
+    assert set(table.columns) >= {"image_auroc", "pixel_auroc"} and len(table.rows) == 1
+    few_shot = engine.build_model("winclip_plus", profile, "cpu")
+    table = engine.test(few_shot, root, shots=1, seeds=[0], out_dir=tmp_path / "out")
+    assert table.rows and "image_auroc_std" in table.columns

@@ -14,15 +14,18 @@ and the official training batches (:func:`balanced_batches`):
   the same prompts (this module writes no files).
 
 The helpers take plain sequences (paths, labels, class names), so they work
-with ``AnomalyDataset.samples`` or any list.
+with ``AnomalyDataset.samples`` or any list. :class:`PromptedPredictor` is the shape every
+few-shot method shares at test time: one reference set per class, encoded once.
 """
 from __future__ import annotations
 
 import os
 from collections import defaultdict
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+import torch
+import torch.nn as nn
 
 
 def normal_indices_by_class(labels: Sequence[int], class_names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -89,3 +92,36 @@ def balanced_batches(labels: Sequence[int], batch_size: int, steps: int,
     n_normal = batch_size // 2
     return [[next(normal) for _ in range(n_normal)] + [next(anomalous) for _ in range(batch_size - n_normal)]
             for _ in range(steps)]
+
+
+class PromptedPredictor(nn.Module):
+    """A few-shot model with one fixed set of normal reference images per class, behind the
+    engine's ``predict(x, class_names) -> (scores [B], maps [B, S, S])``.
+
+    Each class's references ``[k, 3, S, S]`` are encoded once (:meth:`encode`); a batch may mix
+    classes, and each image is scored against its own class's memory (:meth:`predict_class`).
+    A method subclasses it with those two methods.
+    """
+
+    def __init__(self, model: nn.Module, prompts: Mapping[str, torch.Tensor]):
+        super().__init__()
+        self.model, self.config, self.clip = model, model.config, model.clip
+        with torch.no_grad():
+            self.memories = {name: self.encode(images) for name, images in prompts.items()}
+
+    def encode(self, images: torch.Tensor) -> Any:
+        """The memory of one class's reference images ``[k, 3, S, S]``."""
+        raise NotImplementedError
+
+    def predict_class(self, x: torch.Tensor, class_name: str, memory: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores [b], maps [b, S, S])`` of images ``x`` of one class against its memory."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = torch.empty(x.shape[0], device=x.device)  # [B]
+        maps = torch.empty(x.shape[0], x.shape[-2], x.shape[-1], device=x.device)  # [B, S, S]
+        for name in dict.fromkeys(class_names):
+            rows = torch.tensor([i for i, n in enumerate(class_names) if n == name], device=x.device)
+            scores[rows], maps[rows] = self.predict_class(x[rows], name, self.memories[name])
+        return scores, maps

@@ -19,10 +19,11 @@ from typing import Any, Callable
 
 import torch
 
-from . import anomalyclip, inctrl
+from . import anomalyclip, inctrl, winclip
 from .anomalyclip import PRESETS, AnomalyCLIP, AnomalyCLIPConfig, preset_config
 from .data import collate
 from .inctrl import InCTRL, InCTRLConfig
+from .winclip import WinCLIP, WinCLIPConfig
 
 LEARNS = ("nothing", "prompts", "heads")
 
@@ -175,3 +176,9 @@ register_method(Method(
     build=clip_method_builder("inctrl", InCTRL), with_prompts=inctrl.FewShotPredictor, load=inctrl.load_checkpoint,
     recipe=INCTRL_RECIPE,
 ))
+
+# WinCLIP (anomalib's implementation; training-free): zero-shot, and WinCLIP+ with k normal references.
+register_method(Method(name="winclip", learns="nothing", config_class=WinCLIPConfig,
+                       build=clip_method_builder("winclip", WinCLIP)))
+register_method(Method(name="winclip_plus", learns="nothing", config_class=WinCLIPConfig,
+                       build=clip_method_builder("winclip", WinCLIP), with_prompts=winclip.FewShotPredictor))

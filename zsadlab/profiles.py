@@ -17,6 +17,7 @@ import torch
 from .anomalyclip import AnomalyCLIPConfig
 from .backbone import TINY_CLIPS, load_clip, tiny_clip, weights_available
 from .inctrl import InCTRLConfig
+from .winclip import BACKBONE as WINCLIP_BACKBONE, PRETRAINED as WINCLIP_PRETRAINED, WinCLIPConfig
 
 TINY_PREFIX = "tiny-"
 
@@ -99,6 +100,7 @@ PROFILES: dict[str, Profile] = {
         setups={
             "anomalyclip": MethodSetup(Backbone("ViT-L-14-336", "openai"), AnomalyCLIPConfig()),
             "inctrl": MethodSetup(Backbone("ViT-B-16-plus-240", "laion400m_e32"), InCTRLConfig()),
+            "winclip": MethodSetup(Backbone(WINCLIP_BACKBONE, WINCLIP_PRETRAINED), WinCLIPConfig()),
         },
         train_dataset="mvtec",
         test_dataset="visa",
@@ -116,6 +118,8 @@ PROFILES: dict[str, Profile] = {
                 Backbone(TINY_PREFIX + "inctrl"),
                 InCTRLConfig(image_size=TINY_CLIPS["inctrl"].vision["image_size"], epochs=1, batch_size=8,
                              steps_per_epoch=6)),
+            "winclip": MethodSetup(Backbone(TINY_PREFIX + "inctrl"),
+                                   WinCLIPConfig(image_size=TINY_CLIPS["inctrl"].vision["image_size"])),
         },
         train_dataset="synthetic_industrial",
         test_dataset="synthetic_ultrasound",

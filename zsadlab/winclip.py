@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import embed_image, encode_text, freeze, grid_size, pooled_image_embedding, tokenize
+from .fewshot import PromptedPredictor
 from .prompts import INCTRL_ABNORMAL_STATES, NORMAL_STATES, state_major_sentences
 
 BACKBONE = "ViT-B-16-plus-240"  # anomalib torch_model.py BACKBONE / PRETRAINED
@@ -347,6 +348,13 @@ class WinCLIP(nn.Module):
         return out.score, maps.squeeze(1)
 
 
-def build(clip: nn.Module, config: WinCLIPConfig = WinCLIPConfig()) -> WinCLIP:
-    """The registry's builder: WinCLIP on ``clip`` (anomalib's backbone: :data:`BACKBONE` / :data:`PRETRAINED`)."""
-    return WinCLIP(clip, config)
+class FewShotPredictor(PromptedPredictor):
+    """WinCLIP+: WinCLIP with one set of normal reference images per class, whose features
+    (patch tokens and window embeddings) are computed once and kept as the visual memory."""
+
+    def encode(self, images: torch.Tensor) -> WinCLIPFeatures:
+        return self.model.features(images.to(self.clip.visual.proj.device))
+
+    def predict_class(self, x: torch.Tensor, class_name: str,
+                      memory: WinCLIPFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.predict(x, class_name, references=memory)
