@@ -1,4 +1,6 @@
-"""The golden fixtures in tests/fixtures are byte-identical to the ones the official code produced."""
+"""The golden fixtures in tests/fixtures are byte-identical to the ones the reference code produced.
+
+Each folder's FIXTURES.md lists ``<sha256>  <file>.npz`` for its files (InCTRL's lists none)."""
 import hashlib
 import re
 from pathlib import Path
@@ -6,6 +8,7 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+CHECKSUMMED = ("anomalyclip", "vand", "winclip")
 
 
 def listed_checksums(folder: str) -> dict[str, str]:
@@ -14,10 +17,12 @@ def listed_checksums(folder: str) -> dict[str, str]:
     return {name: digest for digest, name in re.findall(r"^([0-9a-f]{64})\s+(\S+\.npz)$", text, flags=re.M)}
 
 
-@pytest.mark.parametrize("name,digest", sorted(listed_checksums("anomalyclip").items()))
-def test_anomalyclip_fixture_is_unchanged(name, digest):
-    assert hashlib.sha256((FIXTURES / "anomalyclip" / name).read_bytes()).hexdigest() == digest
+@pytest.mark.parametrize("folder,name,digest", [(folder, name, digest) for folder in CHECKSUMMED
+                                                 for name, digest in sorted(listed_checksums(folder).items())])
+def test_fixture_is_unchanged(folder, name, digest):
+    assert hashlib.sha256((FIXTURES / folder / name).read_bytes()).hexdigest() == digest
 
 
-def test_every_anomalyclip_fixture_file_has_a_checksum():
-    assert set(listed_checksums("anomalyclip")) == {p.name for p in (FIXTURES / "anomalyclip").glob("*.npz")}
+@pytest.mark.parametrize("folder", CHECKSUMMED)
+def test_every_fixture_file_has_a_checksum(folder):
+    assert set(listed_checksums(folder)) == {p.name for p in (FIXTURES / folder).glob("*.npz")}
