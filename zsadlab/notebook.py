@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import os
+
 import torch
 
 from . import engine, pretrained, viz
 from .data import AnomalyDataset, ensure_dataset
-from .engine.cache import CachedRun, load_or_train, log_request
+from .engine.cache import CACHE_ENV, CachedRun, load_or_train, log_request
 from .methods import get_method
 from .profiles import Profile, get_profile
 from .utils import pick_device, seed_everything
@@ -127,12 +129,13 @@ class Session:
 def start(profile: str = "auto", device: str = "auto", data_root: str = "auto", output_dir: str = "figures",
           seed: int | None = None, epochs: int | None = None, image_size: int | None = None,
           classes: Sequence[str] | None = None, max_images_per_class: int | None = None,
-          steps_per_epoch: int | None = None, cache: str = CACHE) -> Session:
+          steps_per_epoch: int | None = None, cache: str | None = None) -> Session:
     """The notebook's :class:`Session` from its parameters cell; prints one line that says what it is.
 
     ``device="auto"`` is the best device in the full profile and the CPU in the smoke profile
     (tiny models: one CPU thread is fastest and steadiest); relative paths are resolved against
-    the repository root, whatever the notebook's working directory.
+    the repository root, whatever the notebook's working directory. ``cache``: the run cache
+    (default ``$ZSADLAB_CACHE``, else ``runs/cache``).
     """
     chosen = get_profile(profile)  # prints the SMOKE banner when the numbers are not meaningful
     if not chosen.meaningful:
@@ -142,7 +145,7 @@ def start(profile: str = "auto", device: str = "auto", data_root: str = "auto", 
     session = Session(
         profile=chosen, device=pick_device("cpu" if device == "auto" and not chosen.meaningful else device),
         data_root=viz.resolve_path("data" if data_root == "auto" else data_root),
-        out=viz.resolve_path(output_dir), cache=viz.resolve_path(cache), seed=seed, epochs=epochs,
+        out=viz.resolve_path(output_dir), cache=viz.resolve_path(cache or os.environ.get(CACHE_ENV, CACHE)), seed=seed, epochs=epochs,
         image_size=image_size, classes=classes, max_images_per_class=max_images_per_class,
         steps_per_epoch=steps_per_epoch)
     budget = "full data" if classes is None and max_images_per_class is None else \

@@ -8,7 +8,8 @@ Each notebook runs in its own folder (papermill ``cwd``) with these parameters i
 ``profile`` and ``output_dir`` (``<figures>/<stem>``, kept *relative* when given relative: the
 notebooks resolve it against the repository root with :func:`zsadlab.viz.resolve_path`, so
 the same injected cell works under papermill (cwd ``notebooks/``) and nbval (cwd
-``tests/notebooks/baselines/``)). Seconds per notebook go to ``timings.json``.
+``tests/notebooks/baselines/``)). Seconds per notebook go to ``timings.json``, every training request
+(trained, reused from the run cache, or pulled) to ``trainings.json``.
 
 Baseline mode executes in the smoke profile and writes *sanitised* notebooks for nbval:
 image payloads removed (their ``text/plain`` stand-in kept, so output counts still match),
@@ -25,18 +26,22 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
+from .engine.cache import CACHE_ENV, NOTEBOOK_ENV, TRAININGS_LOG_ENV
 from .utils import atomic_path, write_json_atomic
 
 IMAGE_MIME_PREFIXES = ("image/",)
 BASELINE_FIGURES = "build/nbval/figures"
 RESULT_SUFFIXES = (".csv", ".json")
 KERNEL = "python3"
+TRAININGS = "trainings.json"  # every training request of the series: {"notebook", "key", "action"}
 
 
 def encrypted_kernel_manager():
@@ -140,9 +145,15 @@ def run(notebooks: Sequence[Path], profile: str, out: Path, figures: str, baseli
 
     seconds: dict[str, float] = {}
     failed: list[str] = []
+    trainings = out / TRAININGS
+    trainings.unlink(missing_ok=True)  # this run's requests only (a file this runner wrote)
+    os.environ[TRAININGS_LOG_ENV] = str(trainings.resolve())
+    if baselines is not None:  # baselines start from an empty run cache, so they never depend on earlier runs
+        os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="zsadlab-cache-")
     bar = tqdm(notebooks, desc="notebooks", unit="nb", file=sys.stdout)
     for index, source in enumerate(bar, start=1):
         stem = source.stem
+        os.environ[NOTEBOOK_ENV] = stem
         bar.set_postfix_str(stem)
         executed = out / source.name
         params = notebook_parameters(stem, profile, figures, extra)

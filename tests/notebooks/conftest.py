@@ -11,12 +11,13 @@ is marked ``slow`` and ``notebooks`` (``make test-fast`` / ``-m "not notebooks"`
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from result_tables import baseline_output_dir
 
-from zsadlab.run_notebooks import clear_results
+from zsadlab.run_notebooks import CACHE_ENV, clear_results
 
 HERE = Path(__file__).resolve().parent
 SANITIZE = HERE / "sanitize.cfg"
@@ -59,3 +60,16 @@ def pytest_runtest_setup(item):
 def executed_notebooks() -> set[str]:
     """Stems of the baselines nbval executed in this session."""
     return _executed
+
+
+@pytest.fixture(scope="session", autouse=True)
+def empty_run_cache(tmp_path_factory):
+    """The baselines run against an empty run cache (as ``make baselines`` wrote them), never the
+    user's ``runs/cache``: the notebook kernels inherit ``ZSADLAB_CACHE``."""
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("run-cache"))
+    yield
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous

@@ -28,6 +28,7 @@ from .training import completed_epochs, train
 
 TRAININGS_LOG_ENV = "ZSADLAB_TRAININGS_LOG"
 NOTEBOOK_ENV = "ZSADLAB_NOTEBOOK"
+CACHE_ENV = "ZSADLAB_CACHE"  # overrides the notebooks' run cache folder (runs/cache)
 ACTIONS = ("trained", "reused", "pulled")
 
 
