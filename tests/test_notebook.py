@@ -26,3 +26,12 @@ def test_official_falls_back_to_the_cache_in_smoke_and_summary_keeps_the_table_c
     assert action == "trained"
     table = engine.evaluate(model, session.dataset(session.test_name, model), progress=False)
     assert list(session.summary(table)) == [c for c in COLUMNS if c in table.columns]
+
+
+def test_check_compares_numbers_within_a_tolerance_and_never_raises(capsys):
+    from zsadlab.notebook import check
+
+    assert check("q1", 0.5, 0.52, tolerance=0.05)
+    assert not check("q2", None, 3)
+    assert not check("q3", "bottle", "cable")
+    assert "not answered yet" in capsys.readouterr().out

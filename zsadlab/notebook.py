@@ -152,3 +152,18 @@ def start(profile: str = "auto", device: str = "auto", data_root: str = "auto", 
         f"classes {list(classes) if classes else 'all'}, <= {max_images_per_class or 'all'} images per class"
     print(f"profile: {chosen.name} | device: {session.device} | {budget} | figures -> {output_dir}")
     return session
+
+
+def check(name: str, answer, expected, tolerance: float = 0.0) -> bool:
+    """An exercise's automatic check: prints whether ``answer`` matches ``expected`` (numbers within
+    ``tolerance``, anything else by equality) and returns it; never raises, so a notebook with an
+    unanswered exercise (``answer is None``) still runs top to bottom."""
+    if answer is None:
+        print(f"{name}: not answered yet")
+        return False
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        ok = abs(float(answer) - float(expected)) <= tolerance
+    else:
+        ok = answer == expected
+    print(f"{name}: {'correct' if ok else f'not yet (expected {expected!r}, got {answer!r})'}")
+    return ok
