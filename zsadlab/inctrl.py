@@ -401,33 +401,23 @@ def train_step(model: InCTRL, optimizer: torch.optim.Optimizer, queries: torch.T
     return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
 
 
-class FewShotPredictor(nn.Module):
+class FewShotPredictor(fewshot.PromptedPredictor):
     """InCTRL with one fixed prompt set per class, behind the engine's ``predict`` interface.
 
     ``predict(x, class_names)`` returns InCTRL's final score and its patch residual map,
     bilinearly upsampled to the image size for pictures (InCTRL reports no pixel metrics).
-    Each class's prompt set ``[K, 3, S, S]`` is encoded once, here.
+    Each class's prompt set ``[K, 3, S, S]`` is encoded once (:meth:`InCTRL.prompt_features`).
     """
 
-    def __init__(self, model: InCTRL, prompts: Mapping[str, torch.Tensor]):
-        super().__init__()
-        self.model, self.config, self.clip = model, model.config, model.clip
-        device = model.clip.text_projection.device
-        with torch.no_grad():
-            self.prompt_features = {name: model.prompt_features(p.to(device)) for name, p in prompts.items()}
+    def encode(self, images: torch.Tensor) -> ImageFeatures:
+        return self.model.prompt_features(images.to(self.clip.text_projection.device))
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = torch.empty(x.shape[0], device=x.device)  # [B]
-        maps = torch.empty(x.shape[0], x.shape[-2], x.shape[-1], device=x.device)  # [B, S, S]
-        for name in dict.fromkeys(class_names):
-            rows = torch.tensor([i for i, n in enumerate(class_names) if n == name], device=x.device)
-            out = self.model(x[rows], self.prompt_features[name], name)
-            grid = int(round(out.patch_map.shape[1] ** 0.5))
-            patch = out.patch_map.view(-1, 1, grid, grid)  # [b, 1, g, g]
-            maps[rows] = F.interpolate(patch, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-            scores[rows] = out.final_score
-        return scores, maps
+    def predict_class(self, x: torch.Tensor, class_name: str,
+                      memory: ImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(x, memory, class_name)
+        grid = int(round(out.patch_map.shape[1] ** 0.5))
+        patch = out.patch_map.view(-1, 1, grid, grid)  # [b, 1, g, g]
+        return out.final_score, F.interpolate(patch, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
 # ---------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import itertools
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from PIL import Image
 
 from . import losses as L
 from .backbone import block_tokens, freeze, grid_size, pooled_image_embedding
+from .fewshot import PromptedPredictor
 from .maps import anomaly_map, image_scores, similarity_logits
 from .prompts import ensemble_sentences, mean_text_feature
 from .utils import load_torch_file, save_torch_atomic
@@ -322,27 +323,20 @@ class VAND(nn.Module):
         return {"focal": focal, "dice": dice, "total": (focal + dice).sum()}
 
 
-class FewShotPredictor(nn.Module):
+class FewShotPredictor(PromptedPredictor):
     """VAND few-shot with one fixed reference set per class, behind ``predict(x, class_names)``.
 
-    Each class's references ``[k, 3, S, S]`` are encoded into a memory once, here. Scores are
-    the text probabilities; evaluation turns them into the official few-shot scores per class
-    with :func:`normalise_fewshot_scores`.
+    Each class's references ``[k, 3, S, S]`` are encoded into a memory once
+    (:meth:`VAND.reference_memory`). Scores are the text probabilities; evaluation turns them
+    into the official few-shot scores per class with :func:`normalise_fewshot_scores`.
     """
 
-    def __init__(self, model: VAND, prompts: Mapping[str, torch.Tensor]):
-        super().__init__()
-        self.model, self.config, self.clip = model, model.config, model.clip
-        self.memories = {name: model.reference_memory(images) for name, images in prompts.items()}
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.reference_memory(images)
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = torch.empty(x.shape[0], device=x.device)  # [B]
-        maps = torch.empty(x.shape[0], x.shape[-2], x.shape[-1], device=x.device)  # [B, S, S]
-        for name in dict.fromkeys(class_names):
-            rows = torch.tensor([i for i, n in enumerate(class_names) if n == name], device=x.device)
-            scores[rows], maps[rows] = self.model.predict_with_memory(x[rows], name, self.memories[name])
-        return scores, maps
+    def predict_class(self, x: torch.Tensor, class_name: str,
+                      memory: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.predict_with_memory(x, class_name, memory)
 
 
 # --- training recipe (train.py) -----------------------------------------------------------------
