@@ -23,6 +23,7 @@ import torch
 from . import engine, pretrained
 from .backbone import WeightsUnavailableError
 from .data import ensure_dataset, fetch_raw, prepare, registry
+from .engine.prediction import check_prompts, user_images
 from .errors import InputError, UserError
 from .methods import get_method, method_names
 from .profiles import get_profile
@@ -202,6 +203,8 @@ def _method_test(args: argparse.Namespace) -> int:
 def _method_predict(args: argparse.Namespace) -> int:
     _refuse_fewshot_options(args, "--prompts")
     _refuse_unused_checkpoint(args)
+    check_prompts(get_method(args.method), args.prompts)
+    user_images(args.images)  # the inputs and the output folder are checked before the model is built
     check_writable(args.out)
     profile, model = _model(args)
     _load_or_warn(model, args)

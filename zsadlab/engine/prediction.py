@@ -22,6 +22,7 @@ from ..data import DatasetError
 from ..data.dataset import image_tensor
 from ..data.images import image_files, is_image_file
 from ..errors import InputError
+from ..methods import Method
 from ..utils import check_writable, write_text_atomic
 from .building import device_of, input_normalisation, method_of
 
@@ -67,13 +68,18 @@ def model_input(model, path: Path) -> torch.Tensor:
     return image_tensor(path, model.config.image_size, method_of(model).resize, norm["mean"], norm["std"])
 
 
-def predictor_for(model, class_name: str, prompts: Sequence[str | Path] | None):
-    """The model itself, or for a few-shot method the model with the normal reference images ``prompts``."""
-    spec = method_of(model)
+def check_prompts(spec: Method, prompts: Sequence[str | Path] | None) -> None:
+    """Refuse reference images for a zero-shot method, and their absence for a few-shot one."""
     if spec.few_shot and prompts is None:
         raise InputError(f"{spec.name} is few-shot: pass normal reference images with prompts=[...] (--prompts DIR)")
     if not spec.few_shot and prompts is not None:
         raise InputError(f"{spec.name} is zero-shot and takes no reference images: leave out prompts (--prompts)")
+
+
+def predictor_for(model, class_name: str, prompts: Sequence[str | Path] | None):
+    """The model itself, or for a few-shot method the model with the normal reference images ``prompts``."""
+    spec = method_of(model)
+    check_prompts(spec, prompts)
     if prompts is None:
         return model
     return spec.with_prompts(model, {class_name: torch.stack([model_input(model, p) for p in user_images(prompts)])})
