@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
+import torch
 
 
 def normal_indices_by_class(labels: Sequence[int], class_names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -64,6 +65,21 @@ def sample_prompt_paths(normal_paths: Sequence[str | os.PathLike], shots: int, s
         raise ValueError(f"{shots}-shot prompts need {shots} normal images, only {len(pool)} given")
     picked = np.random.default_rng(seed).choice(len(pool), size=shots, replace=False)
     return [pool[i] for i in picked]
+
+
+def predict_per_class(x: torch.Tensor, class_names: Sequence[str],
+                      predict_class: Callable[[torch.Tensor, str], tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores [B], maps [B, S, S])`` of a batch of several classes, in batch order.
+
+    A few-shot predictor holds one prompt set per class, so ``predict_class(images, name)``
+    runs once per class on that class's images ``[b, 3, S, S]`` and returns ``([b], [b, S, S])``.
+    """
+    scores = torch.empty(x.shape[0], device=x.device)  # [B]
+    maps = torch.empty(x.shape[0], x.shape[-2], x.shape[-1], device=x.device)  # [B, S, S]
+    for name in dict.fromkeys(class_names):
+        rows = torch.tensor([i for i, n in enumerate(class_names) if n == name], device=x.device)
+        scores[rows], maps[rows] = predict_class(x[rows], name)
+    return scores, maps
 
 
 def _endless_permutations(indices: np.ndarray, rng: np.random.Generator) -> Iterator[int]:

@@ -418,16 +418,14 @@ class FewShotPredictor(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = torch.empty(x.shape[0], device=x.device)  # [B]
-        maps = torch.empty(x.shape[0], x.shape[-2], x.shape[-1], device=x.device)  # [B, S, S]
-        for name in dict.fromkeys(class_names):
-            rows = torch.tensor([i for i, n in enumerate(class_names) if n == name], device=x.device)
-            out = self.model(x[rows], self.prompt_features[name], name)
-            grid = int(round(out.patch_map.shape[1] ** 0.5))
-            patch = out.patch_map.view(-1, 1, grid, grid)  # [b, 1, g, g]
-            maps[rows] = F.interpolate(patch, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-            scores[rows] = out.final_score
-        return scores, maps
+        return fewshot.predict_per_class(x, class_names, self.predict_class)
+
+    def predict_class(self, x: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(final scores [b], upsampled patch maps [b, S, S])`` of images ``x`` of class ``name``."""
+        out = self.model(x, self.prompt_features[name], name)
+        grid = int(round(out.patch_map.shape[1] ** 0.5))
+        patch = out.patch_map.view(-1, 1, grid, grid)  # [b, 1, g, g]
+        return out.final_score, F.interpolate(patch, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
 # ---------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from .backbone import block_tokens, freeze, grid_size, pooled_image_embedding
 from .maps import anomaly_map, image_scores, similarity_logits
 from .prompts import ensemble_sentences, mean_text_feature
 from .errors import load_submodule_checkpoint
+from .fewshot import predict_per_class
 from .utils import save_torch_atomic
 
 LOGIT_SCALE = 100.0  # hard-coded in test.py / train.py; CLIP's logit_scale is not used (fixtures §10.6)
@@ -338,12 +339,8 @@ class FewShotPredictor(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = torch.empty(x.shape[0], device=x.device)  # [B]
-        maps = torch.empty(x.shape[0], x.shape[-2], x.shape[-1], device=x.device)  # [B, S, S]
-        for name in dict.fromkeys(class_names):
-            rows = torch.tensor([i for i, n in enumerate(class_names) if n == name], device=x.device)
-            scores[rows], maps[rows] = self.model.predict_with_memory(x[rows], name, self.memories[name])
-        return scores, maps
+        return predict_per_class(x, class_names,
+                                 lambda images, name: self.model.predict_with_memory(images, name, self.memories[name]))
 
 
 # --- training recipe (train.py) -----------------------------------------------------------------
