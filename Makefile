@@ -8,7 +8,7 @@ STAMP    := $(VENV)/.installed
 PROFILE  ?= auto
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: all install test test-fast notebooks baselines bench clean
+.PHONY: all install test test-fast test-fullsize notebooks baselines bench clean
 
 all: test
 
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The full profile's backbones from random real-size weight files (minutes, several GB of memory).
+test-fullsize: $(STAMP)
+	ZSADLAB_FULLSIZE=1 $(PY) -m pytest -q -p no:nbval -m fullsize tests/test_fullsize.py
 
 notebooks: $(STAMP)
 	$(PY) -m zsadlab.run_notebooks --profile $(PROFILE) --out build/notebooks --figures figures $(NOTEBOOKS)
