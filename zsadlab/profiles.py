@@ -161,8 +161,9 @@ def get_profile(name: str = "auto", quiet: bool = False) -> Profile:
     machine, else ``smoke``. Choosing smoke prints :data:`SMOKE_BANNER` once per process;
     under ``auto`` it names the missing weights.
     """
-    missing = missing_full_weights() if name == "auto" else []
+    missing = []
     if name == "auto":
+        missing = missing_full_weights()
         name = "smoke" if missing else "full"
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES) + ['auto']}")
@@ -171,5 +172,6 @@ def get_profile(name: str = "auto", quiet: bool = False) -> Profile:
         _print_banner_once(SMOKE_BANNER)
         if missing:
             _print_once("zsadlab: auto chose smoke; missing full-profile weights: "
-                        + ", ".join(f"{b.name} ({b.pretrained})" for b in missing))
+                        + ", ".join(f"{b.name} ({b.pretrained})" for b in missing)
+                        + " (see README, 'Weights: one file per backbone')")
     return profile
