@@ -17,7 +17,7 @@ PROFILE  ?= auto
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: all install test test-fast test-cpus notebooks baselines bench clean
+.PHONY: all install test test-fast test-cpus test-fullsize notebooks baselines bench clean
 
 all: test
 
@@ -42,6 +42,9 @@ test-fast: $(STAMP)
 
 test-cpus: $(STAMP)
 	$(PY) tests/cpu_matrix.py
+# The full profile's backbones from random real-size weight files (minutes, several GB of memory).
+test-fullsize: $(STAMP)
+	ZSADLAB_FULLSIZE=1 $(PY) -m pytest -q -p no:nbval -m fullsize tests/test_fullsize.py
 
 notebooks: $(STAMP)
 	$(PY) -m zsadlab.run_notebooks --profile $(PROFILE) --out build/notebooks --figures figures $(NOTEBOOKS)

@@ -126,3 +126,69 @@ def test_ctrl_c_during_training_says_what_was_saved_and_how_to_resume(monkeypatc
     assert cli.main(["train", "--profile", "smoke", "--data-root", str(data_root), "--out", str(tmp_path)]) == 130
     err = capsys.readouterr().err
     assert "interrupted: 0 epoch(s) saved" in err and "again to resume" in err
+
+
+def test_vand_zero_shot_and_few_shot_test_and_predict_in_smoke(data_root, tmp_path, capsys):
+    common = ["--profile", "smoke", "--data-root", str(data_root)]
+    assert cli.main(["test", "--method", "vand", *common]) == 0
+    assert "pixel_auroc" in capsys.readouterr().out
+    out = tmp_path / "fewshot"
+    assert cli.main(["test", "--method", "vand_fewshot", "--shots", "2", *common, "--out", str(out)]) == 0
+    assert "image_auroc_std" in capsys.readouterr().out and (out / "results.json").is_file()
+    images = data_root / "synthetic_ultrasound" / "thyroid" / "test" / "nodule"
+    preds = tmp_path / "preds"
+    assert cli.main(["predict", "--method", "vand", "--profile", "smoke", str(images), "--out", str(preds)]) == 0
+    rows = list(csv.DictReader((preds / "scores.csv").open()))
+    assert len(rows) == len(list(images.glob("*.png"))) == len(list(preds.glob("*_overlay.png")))
+
+
+def test_pull_registers_a_file_given_with_from_and_names_the_choices(monkeypatch, tmp_path, capsys):
+    import dataclasses
+
+    from zsadlab import pretrained
+
+    content = b"a stand-in for the official file"
+    (tmp_path / "epoch_15.pth").write_bytes(content)
+    monkeypatch.setenv("ZSADLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setitem(pretrained.PRETRAINED, "anomalyclip-visa", dataclasses.replace(
+        pretrained.PRETRAINED["anomalyclip-visa"], git_sha1=pretrained.git_blob_sha1(tmp_path / "epoch_15.pth")))
+    assert cli.main(["pull", "anomalyclip-visa", "--from", str(tmp_path / "epoch_15.pth")]) == 0
+    kept = tmp_path / "home" / "anomalyclip-visa" / "epoch_15.pth"
+    assert kept.read_bytes() == content and str(kept) in capsys.readouterr().out
+    assert cli.main(["pull", "inctrl", "--from", str(tmp_path / "missing.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "missing.pth" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit):
+        cli.main(["pull", "nope"])
+    usage = capsys.readouterr().err
+    assert all(name in usage for name in sorted(pretrained.PRETRAINED))
+
+
+@pytest.mark.parametrize("command", [["train"], ["test"], ["predict", "IMAGE"]])
+def test_an_out_folder_below_a_file_fails_in_one_line_before_the_model_is_built(
+        command, monkeypatch, data_root, tmp_path, capsys):
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("the model was built before the output folder was checked")
+
+    monkeypatch.setattr(engine, "build_model", must_not_build)
+    (tmp_path / "file").write_text("the user's file")
+    image = next((data_root / "synthetic_ultrasound" / "thyroid" / "test" / "nodule").glob("*.png"))
+    argv = [str(image) if part == "IMAGE" else part for part in command]
+    assert cli.main([*argv, "--profile", "smoke", "--out", str(tmp_path / "file" / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "is below" in err and len(err.splitlines()) == 1
+    assert (tmp_path / "file").read_text() == "the user's file"
+
+
+def test_prepare_warnings_are_printed_as_one_plain_line(monkeypatch, tmp_path, capsys):
+    import warnings
+
+    def prepare(name, **kwargs):
+        warnings.warn("skipped 1 unreadable image: raw/bad.png", UserWarning)
+        return tmp_path / name
+
+    monkeypatch.setattr(cli, "prepare", prepare)
+    assert cli.main(["data", "prepare", "mpdd", "--raw", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "warning: skipped 1 unreadable image: raw/bad.png\n"
+    assert "prepared mpdd" in captured.out

@@ -2,6 +2,7 @@
 import math
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,3 +199,55 @@ def test_prompts_are_initialised_under_the_runs_seed_default_the_official_111(sm
     state = torch.get_rng_state()
     prompts(seed=7)
     assert torch.equal(torch.get_rng_state(), state)  # building never moves the caller's RNG
+
+
+def test_datasets_follow_the_methods_official_resize(smoke, roots):
+    inctrl = build_model("inctrl", smoke, device="cpu")
+    assert dataset_for(inctrl, roots["synthetic_ultrasound"]).resize == "shorter_side_center_crop"
+    assert dataset_for(inctrl, roots["synthetic_ultrasound"], split="train").resize == "shorter_side_center_crop"
+    vand = build_model("vand", smoke, device="cpu")
+    assert dataset_for(vand, roots["synthetic_ultrasound"]).resize == "squash"
+
+
+def test_vand_trains_its_linear_layers_and_the_checkpoint_loads_back(smoke, roots, tmp_path):
+    from zsadlab.engine import fit, load_checkpoint
+
+    model = build_model("vand", smoke, device="cpu")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    history = fit(model, roots["synthetic_industrial"], epochs=1, out_dir=tmp_path, max_steps_per_epoch=2,
+                  progress=False)
+    assert len(history["total"]) == 2 and all(math.isfinite(v) for v in history["total"])
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("trainable_linearlayer.") for k in changed)
+    other = load_checkpoint(build_model("vand_fewshot", smoke, device="cpu"), tmp_path / "epoch_1.pth")
+    for key, value in other.trainable_linearlayer.state_dict().items():
+        torch.testing.assert_close(value, model.trainable_linearlayer.state_dict()[key], rtol=0, atol=0)
+
+
+def test_class_scores_run_once_per_class_and_seed_over_the_whole_query_set(smoke, roots, tmp_path, monkeypatch):
+    import dataclasses
+
+    from zsadlab import methods, vand
+    from zsadlab.engine import evaluate_fewshot
+    from zsadlab.metrics import get_metric
+
+    calls = []
+
+    def spy(scores, maps):
+        calls.append((np.asarray(scores).copy(), np.asarray(maps).copy()))
+        return vand.normalise_fewshot_scores(scores, maps)
+
+    monkeypatch.setitem(methods._REGISTRY, "vand_fewshot",
+                        dataclasses.replace(methods.get_method("vand_fewshot"), class_scores=spy))
+    model = build_model("vand_fewshot", smoke, device="cpu")
+    test_set = dataset_for(model, roots["synthetic_ultrasound"])
+    support = dataset_for(model, roots["synthetic_ultrasound"], split="train")
+    table = evaluate_fewshot(model, test_set, support, shots=2, seeds=(0, 1), prompt_dir=tmp_path, batch_size=3,
+                             progress=False)
+    assert len(calls) == len(test_set.classes) * 2  # once per (class, seed), whatever the batch size
+    queries = test_set.subset(test_set.classes[0])
+    assert all(len(scores) == len(queries) for scores, _ in calls)
+    auroc = get_metric("image_auroc").function
+    expected = [auroc(vand.normalise_fewshot_scores(s, m), queries.labels) for s, m in calls]
+    assert table.rows[0]["image_auroc"] == pytest.approx(float(np.mean(expected)), abs=1e-9)
+    assert all(m.shape == (len(queries), *queries[0]["image"].shape[1:]) for _, m in calls)  # whole maps

@@ -92,3 +92,45 @@ def test_a_toy_method_runs_through_zsadlab_test_and_predict(toy_methods, data_ro
                      "--out", str(preds)]) == 0
     assert len(list(csv.DictReader((preds / "scores.csv").open()))) == len(list(images.glob("*.png")))
     assert len(list(preds.glob("*_overlay.png"))) == len(list(images.glob("*.png")))
+
+
+def test_vand_is_registered_zero_shot_and_few_shot_with_the_official_recipe():
+    from zsadlab import vand
+
+    zero, few = get_method("vand"), get_method("vand_fewshot")
+    assert zero.learns == few.learns == "heads" and zero.seed == few.seed == 111
+    assert not zero.few_shot and few.with_prompts is vand.FewShotPredictor
+    assert zero.class_scores is None and few.class_scores is vand.normalise_fewshot_scores
+    assert zero.recipe is few.recipe and zero.load is few.load is vand.load_official_checkpoint
+    recipe = zero.recipe
+    assert (recipe.training_split, recipe.require_masks) == ("test", True)  # like AnomalyCLIP: test split + masks
+    assert recipe.plan is methods.shuffled_batches and recipe.step is vand.batch_losses
+    assert recipe.save is vand.save_epoch_checkpoint
+    model = engine.build_model("vand", get_profile("smoke", quiet=True), device="cpu")
+    optimizer = recipe.optimizer(model)
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.defaults["lr"] == pytest.approx(1e-3) and optimizer.defaults["betas"] == (0.5, 0.999)
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == \
+        {id(p) for p in model.trainable_linearlayer.parameters()}
+
+
+def test_each_method_declares_the_official_test_transform_of_its_images():
+    resize = {name: get_method(name).resize for name in method_names()}
+    assert resize.pop("inctrl") == "shorter_side_center_crop"  # official Resize(240) + CenterCrop(240)
+    assert set(resize.values()) == {"squash"}  # AnomalyCLIP, its baselines, VAND
+    with pytest.raises(ValueError, match="resize"):
+        Method(name="broken", learns="nothing", build=lambda *a, **k: None, resize="stretch")
+
+
+def test_inctrl_trains_on_the_official_inctrl_train_split_read_from_its_recipe(monkeypatch, data_root):
+    assert methods.INCTRL_RECIPE.training_split == "inctrl_train"
+    seen = {}
+
+    def record(model, dataset, *args, **kwargs):
+        seen["split"], seen["labels"] = dataset.split, set(dataset.labels.tolist())
+        return {"epoch_total": []}
+
+    monkeypatch.setattr(engine.training, "train", record)
+    model = engine.build_model("inctrl", get_profile("smoke", quiet=True), device="cpu")
+    engine.fit(model, data_root / "synthetic_ultrasound")
+    assert seen == {"split": "inctrl_train", "labels": {0, 1}}  # normals and the test defects

@@ -1,7 +1,7 @@
 """Profiles choose backbones and sizes; ``auto`` falls back to smoke with a one-time banner."""
 import pytest
 
-from zsadlab.profiles import PROFILES, get_profile
+from zsadlab.profiles import PROFILES, Backbone, get_profile
 
 
 def test_full_profile_is_the_published_setup_block_24_with_lam_4():
@@ -52,3 +52,32 @@ def test_smoke_models_build_on_cpu():
 def test_unknown_profile_is_refused():
     with pytest.raises(ValueError, match="unknown profile"):
         get_profile("gpu")
+
+
+def test_vand_runs_on_the_papers_setup_in_full_and_on_the_tiny_backbone_in_smoke():
+    from zsadlab.vand import VANDConfig
+
+    full, smoke = PROFILES["full"], PROFILES["smoke"]
+    assert full.backbone("vand") == Backbone("ViT-L-14-336", "openai") and full.config("vand") == VANDConfig()
+    assert smoke.backbone("vand").is_tiny
+    assert smoke.config("vand").features == (2, 4, 6, 8) and smoke.config("vand").image_size == 112
+
+
+@pytest.mark.parametrize("present,expected,missing", [
+    ({"ViT-L-14-336", "ViT-B-16-plus-240"}, "full", None),
+    ({"ViT-L-14-336"}, "smoke", "ViT-B-16-plus-240"),
+    ({"ViT-B-16-plus-240"}, "smoke", "ViT-L-14-336"),
+    (set(), "smoke", "ViT-L-14-336"),
+])
+def test_auto_is_full_only_when_both_full_backbones_have_weights(monkeypatch, capsys, present, expected, missing):
+    from zsadlab import profiles
+
+    monkeypatch.setattr(profiles, "weights_available", lambda name, pretrained: name in present)
+    profiles._print_banner_once.cache_clear()
+    profiles._print_once.cache_clear()
+    assert get_profile("auto").name == expected
+    out = capsys.readouterr().out
+    assert ("NOT meaningful" in out) == (expected == "smoke")
+    if missing:
+        line = next(line for line in out.splitlines() if "missing full-profile weights" in line)
+        assert missing in line and all(name not in line for name in present)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from zsadlab.backbone import tiny_clip
+from zsadlab.errors import CheckpointError
 from zsadlab.vand import (
     VAND, FewShotPredictor, VANDConfig, batch_losses, load_official_checkpoint, make_optimizer,
     normalise_fewshot_scores, official_backbone, save_epoch_checkpoint, save_official_checkpoint,
@@ -161,7 +162,7 @@ def test_checkpoint_round_trip_restores_the_predictions(clip, model, tmp_path):
 
 
 def one_line_error(call, *patterns):
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(CheckpointError) as err:
         call()
     message = str(err.value)
     assert "\n" not in message and all(p in message for p in patterns), message
@@ -181,3 +182,13 @@ def test_wrong_checkpoints_are_refused_in_one_line_naming_the_file(clip, tmp_pat
                    "anomalyclip.pth", "trainable_linearlayer")
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
     one_line_error(lambda: load_official_checkpoint(VAND(clip, TINY), tmp_path / "garbage.pth"), "garbage.pth")
+
+
+def test_the_checkpoint_loaders_share_one_helper_and_refuse_each_others_files(clip, tmp_path):
+    from zsadlab import anomalyclip
+    from zsadlab.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
+
+    vand_file = save_official_checkpoint(VAND(clip, TINY), tmp_path / "vand.pth")
+    tiny = AnomalyCLIPConfig(features=(8,), dpam_blocks=5, image_size=112)
+    one_line_error(lambda: anomalyclip.load_official_checkpoint(AnomalyCLIP(clip, tiny), vand_file),
+                   "vand.pth", "prompt_learner")

@@ -44,7 +44,7 @@ from .maps import (
     similarity_maps,
 )
 from .prompts import PromptLearner, ensemble_text_features
-from .errors import CheckpointError, read_checkpoint
+from .errors import load_submodule_checkpoint
 from .utils import save_torch_atomic
 
 TEXT_SOURCES = ("learned", "ensemble")
@@ -248,16 +248,8 @@ def make_optimizer(model: AnomalyCLIP, lr: float | None = None,
 
 def load_official_checkpoint(model: AnomalyCLIP, path: str | Path) -> AnomalyCLIP:
     """Load an official ``{"prompt_learner": state_dict}`` file (e.g. ``epoch_15.pth``) safely."""
-    checkpoint = read_checkpoint(path, what="AnomalyCLIP checkpoint")
-    if not isinstance(checkpoint, dict) or "prompt_learner" not in checkpoint:
-        raise CheckpointError(f"{path} is not an AnomalyCLIP checkpoint: expected a dict with key 'prompt_learner'.")
-    try:
-        model.prompt_learner.load_state_dict(checkpoint["prompt_learner"])
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"the prompt learner in {path} does not fit this model ({err.args[0].splitlines()[0]}). "
-            "Check n_ctx / depth / t_n_ctx and the backbone width against the checkpoint."
-        ) from None
+    load_submodule_checkpoint(model.prompt_learner, path, "prompt_learner", "AnomalyCLIP checkpoint",
+                              "Check n_ctx / depth / t_n_ctx and the backbone width against the checkpoint.")
     return model
 
 

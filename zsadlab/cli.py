@@ -1,9 +1,9 @@
-"""The ``zsadlab`` command line: ``zsadlab data|train|test|predict [options]``.
+"""The ``zsadlab`` command line: ``zsadlab data|train|test|predict|pull [options]``.
 
 Each command is one builder function in ``COMMANDS`` that adds its sub-parser and
 sets ``func``; methods come from the registry (:mod:`zsadlab.methods`), never by name.
 Errors about the user's input (:class:`~zsadlab.errors.UserError`: datasets, checkpoints,
-images, run folders, arguments; missing weights) are printed as one line (``error: ...``)
+images, run folders, arguments; output folders; missing weights) are printed as one line (``error: ...``)
 with exit status 2; everything else is a bug and keeps its traceback (``ZSADLAB_DEBUG=1``
 shows it for user errors too). Ctrl-C during training exits with 130 and says how to resume.
 
@@ -14,18 +14,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from . import engine
+from . import engine, pretrained
 from .backbone import WeightsUnavailableError
 from .data import ensure_dataset, fetch_raw, prepare, registry
+from .engine.prediction import check_prompts, user_images
 from .errors import InputError, UserError
 from .methods import get_method, method_names
 from .profiles import get_profile
-from .utils import pick_device
+from .utils import OutputError, check_writable, pick_device
 
 Builder = Callable[[argparse._SubParsersAction], None]
 
@@ -36,7 +38,11 @@ def _data_list(args: argparse.Namespace) -> int:
 
 
 def _data_prepare(args: argparse.Namespace) -> int:
-    root = prepare(args.name, raw=args.raw, out=args.out, seed=args.seed, overwrite=args.force)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        root = prepare(args.name, raw=args.raw, out=args.out, seed=args.seed, overwrite=args.force)
+    for warning in caught:  # e.g. skipped images: one plain line each, no source location
+        print(f"warning: {warning.message}", file=sys.stderr)
     print(f"prepared {args.name} in {root}")
     return 0
 
@@ -130,6 +136,7 @@ def _method_train(args: argparse.Namespace) -> int:
                          f"train one of {[n for n in method_names() if get_method(n).recipe]}")
     if args.shots is not None and not spec.few_shot:
         raise InputError(f"--shots is for few-shot methods; {args.method} takes no reference images")
+    check_writable(args.out)
     profile, model = _model(args)
     root = ensure_dataset(args.dataset or profile.train_dataset, args.data_root)
     before = engine.completed_epochs(args.out)
@@ -181,6 +188,8 @@ def _method_test(args: argparse.Namespace) -> int:
     _refuse_non_positive(args, "--shots")
     _refuse_fewshot_options(args, "--shots", "--seeds")
     _refuse_unused_checkpoint(args)
+    if args.out:
+        check_writable(args.out)
     profile, model = _model(args)
     _load_or_warn(model, args)
     root = ensure_dataset(args.dataset or profile.test_dataset, args.data_root)
@@ -194,11 +203,25 @@ def _method_test(args: argparse.Namespace) -> int:
 def _method_predict(args: argparse.Namespace) -> int:
     _refuse_fewshot_options(args, "--prompts")
     _refuse_unused_checkpoint(args)
+    check_prompts(get_method(args.method), args.prompts)
+    user_images(args.images)  # the inputs and the output folder are checked before the model is built
+    check_writable(args.out)
     profile, model = _model(args)
     _load_or_warn(model, args)
     written = engine.predict_images(model, args.images, out_dir=args.out, class_name=args.class_name,
                                     prompts=args.prompts)
-    print(f"scores in {written['csv']}; {len(written['overlays'])} overlays in {args.out}")
+    skipped = f"; {len(written['skipped'])} unreadable image(s) skipped (see its status column)" \
+        if written["skipped"] else ""
+    print(f"scores in {written['csv']}; {len(written['overlays'])} overlays in {args.out}{skipped}")
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    try:
+        path = pretrained.pull(args.name, from_file=args.from_file)
+    except (FileNotFoundError, ValueError) as err:  # a --from file that is missing or fails verification
+        raise InputError(str(err)) from None
+    print(f"{args.name}: {path}")
     return 0
 
 
@@ -245,8 +268,17 @@ def add_predict_command(commands: argparse._SubParsersAction) -> None:
     predict.set_defaults(func=_method_predict)
 
 
+def add_pull_command(commands: argparse._SubParsersAction) -> None:
+    """``zsadlab pull NAME [--from FILE]``: an official checkpoint into ``$ZSADLAB_HOME``, verified."""
+    pull = commands.add_parser("pull", help="download (or register) an official checkpoint, verified")
+    pull.add_argument("name", choices=sorted(pretrained.PRETRAINED))
+    pull.add_argument("--from", dest="from_file", metavar="FILE",
+                      help="a file downloaded by hand (offline, or InCTRL's Google Drive file)")
+    pull.set_defaults(func=_pull)
+
+
 COMMANDS: dict[str, Builder] = {"data": add_data_commands, "train": add_train_command, "test": add_test_command,
-                               "predict": add_predict_command}
+                               "predict": add_predict_command, "pull": add_pull_command}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -266,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `zsadlab data list | head`
         sys.stderr.close()
         return 0
-    except (UserError, WeightsUnavailableError) as err:
+    except (UserError, OutputError, WeightsUnavailableError) as err:
         if os.environ.get("ZSADLAB_DEBUG"):
             raise
         print(f"error: {err}", file=sys.stderr)

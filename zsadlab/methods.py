@@ -19,10 +19,12 @@ from typing import Any, Callable
 
 import torch
 
-from . import anomalyclip, inctrl, winclip
+from . import anomalyclip, inctrl, vand, winclip
 from .anomalyclip import PRESETS, AnomalyCLIP, AnomalyCLIPConfig, preset_config
 from .data import collate
+from .data.dataset import checked_resize_mode
 from .inctrl import InCTRL, InCTRLConfig
+from .vand import VAND, VANDConfig
 from .winclip import WinCLIP, WinCLIPConfig
 
 LEARNS = ("nothing", "prompts", "heads")
@@ -61,6 +63,11 @@ class Method:
     is set for few-shot methods, which compare a query with normal reference images: it returns
     a predictor with ``predict`` (evaluation draws prompt sets, prediction needs ``--prompts``);
     ``load(model, path)`` reads a checkpoint in the official format.
+    ``resize`` is the official test transform of its images (one of ``data.RESIZE_MODES``:
+    ``"squash"`` or InCTRL's ``"shorter_side_center_crop"``), used for datasets and the user's images.
+    ``class_scores(scores [N], maps [N, S, S]) -> scores [N]`` is set for a method whose
+    official image scores depend on the whole test set of a class (VAND few-shot): evaluation
+    applies it once per (class, prompt seed), never :meth:`predict`.
     """
 
     name: str
@@ -71,8 +78,11 @@ class Method:
     with_prompts: Callable[[torch.nn.Module, dict], torch.nn.Module] | None = None
     load: Callable[[torch.nn.Module, Path], torch.nn.Module] | None = None
     recipe: Recipe | None = None
+    resize: str = "squash"
+    class_scores: Callable[[Any, Any], Any] | None = None
 
     def __post_init__(self):
+        checked_resize_mode(self.resize)
         if self.learns not in LEARNS:
             raise ValueError(f"method {self.name!r}: learns must be one of {LEARNS}, got {self.learns!r}")
         if (self.learns == "nothing") != (self.recipe is None):
@@ -151,6 +161,17 @@ INCTRL_RECIPE = Recipe(
     save=inctrl.save_epoch_checkpoint,
     items=inctrl.PromptedQueries,
     collate=inctrl.collate_prompted,
+    # official gen_train_json.py: normals from train/good and test/good, anomalies from the test defects
+    training_split="inctrl_train",
+)
+
+VAND_RECIPE = Recipe(
+    optimizer=vand.make_optimizer,
+    plan=shuffled_batches,
+    step=vand.batch_losses,
+    save=vand.save_epoch_checkpoint,
+    training_split="test",  # official train.py: the auxiliary dataset's test split, with its masks
+    require_masks=True,
 )
 
 # What each AnomalyCLIP preset learns: the hand-written-ensemble baselines learn nothing.
@@ -174,7 +195,7 @@ for preset in PRESETS:
 register_method(Method(
     name="inctrl", learns="heads", config_class=InCTRLConfig, seed=10,  # official config: cfg.RNG_SEED = 10
     build=clip_method_builder("inctrl", InCTRL), with_prompts=inctrl.FewShotPredictor, load=inctrl.load_checkpoint,
-    recipe=INCTRL_RECIPE,
+    recipe=INCTRL_RECIPE, resize="shorter_side_center_crop",  # official test transform: Resize(240) + CenterCrop(240)
 ))
 
 # WinCLIP (anomalib's implementation; training-free): zero-shot, and WinCLIP+ with k normal references.
@@ -182,3 +203,10 @@ register_method(Method(name="winclip", learns="nothing", config_class=WinCLIPCon
                        build=clip_method_builder("winclip", WinCLIP)))
 register_method(Method(name="winclip_plus", learns="nothing", config_class=WinCLIPConfig,
                        build=clip_method_builder("winclip", WinCLIP), with_prompts=winclip.FewShotPredictor))
+# VAND (APRIL-GAN): one set of trained linear layers, used zero-shot and few-shot (official seed 111: train.py).
+for name, fewshot_options in (("vand", {}),
+                              ("vand_fewshot", dict(with_prompts=vand.FewShotPredictor,
+                                                    class_scores=vand.normalise_fewshot_scores))):
+    register_method(Method(name=name, learns="heads", config_class=VANDConfig, seed=111,
+                           build=clip_method_builder("vand", VAND), load=vand.load_official_checkpoint,
+                           recipe=VAND_RECIPE, **fewshot_options))

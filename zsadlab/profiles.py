@@ -3,8 +3,9 @@
 A profile only *chooses* things: per method family a backbone and a config
 (image size, feature blocks, training recipe), and the default datasets. Both
 profiles run exactly the same code paths; the methods never branch on the profile.
-``auto`` picks ``full`` when the real AnomalyCLIP weights are on disk and ``smoke``
-otherwise, with a banner printed once.
+``auto`` picks ``full`` when the weights of both full backbones (ViT-L-14-336 and
+ViT-B-16-plus-240) are on disk and ``smoke`` otherwise, with a banner, printed once, that
+names the missing weights.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from .anomalyclip import AnomalyCLIPConfig
 from .backbone import TINY_CLIPS, load_clip, tiny_clip, weights_available
 from .inctrl import InCTRLConfig
+from .vand import VANDConfig
 from .winclip import BACKBONE as WINCLIP_BACKBONE, PRETRAINED as WINCLIP_PRETRAINED, WinCLIPConfig
 
 TINY_PREFIX = "tiny-"
@@ -101,6 +103,8 @@ PROFILES: dict[str, Profile] = {
             "anomalyclip": MethodSetup(Backbone("ViT-L-14-336", "openai"), AnomalyCLIPConfig()),
             "inctrl": MethodSetup(Backbone("ViT-B-16-plus-240", "laion400m_e32"), InCTRLConfig()),
             "winclip": MethodSetup(Backbone(WINCLIP_BACKBONE, WINCLIP_PRETRAINED), WinCLIPConfig()),
+            # VAND (APRIL-GAN) as its paper: ViT-L-14-336 at 518 px, blocks 6/12/18/24, the official model build.
+            "vand": MethodSetup(Backbone("ViT-L-14-336", "openai"), VANDConfig()),
         },
         train_dataset="mvtec",
         test_dataset="visa",
@@ -120,6 +124,10 @@ PROFILES: dict[str, Profile] = {
                              steps_per_epoch=6)),
             "winclip": MethodSetup(Backbone(TINY_PREFIX + "inctrl"),
                                    WinCLIPConfig(image_size=TINY_CLIPS["inctrl"].vision["image_size"])),
+            "vand": MethodSetup(
+                Backbone(TINY_PREFIX + "anomalyclip"),
+                VANDConfig(features=(2, 4, 6, 8), image_size=TINY_CLIPS["anomalyclip"].vision["image_size"],
+                           epochs=1, batch_size=4)),
         },
         train_dataset="synthetic_industrial",
         test_dataset="synthetic_ultrasound",
@@ -139,17 +147,35 @@ def _print_banner_once(text: str) -> None:
     print("=" * 100 + "\n" + text + "\n" + "=" * 100)
 
 
+@functools.lru_cache(maxsize=None)
+def _print_once(text: str) -> None:
+    print(text)
+
+
+def missing_full_weights() -> list[Backbone]:
+    """The full profile's backbones whose weights are not on this machine (each named once)."""
+    backbones = dict.fromkeys(setup.backbone for setup in PROFILES["full"].setups.values())
+    return [backbone for backbone in backbones if not backbone.available()]
+
+
 def get_profile(name: str = "auto", quiet: bool = False) -> Profile:
     """The profile called ``name`` (``full``, ``smoke`` or ``auto``).
 
-    ``auto`` is ``full`` when the full AnomalyCLIP weights are already on this
-    machine, else ``smoke``. Choosing smoke prints :data:`SMOKE_BANNER` once per process.
+    ``auto`` is ``full`` when the weights of every full backbone are already on this
+    machine, else ``smoke``. Choosing smoke prints :data:`SMOKE_BANNER` once per process;
+    under ``auto`` it names the missing weights.
     """
+    missing = []
     if name == "auto":
-        name = "full" if PROFILES["full"].backbone("anomalyclip").available() else "smoke"
+        missing = missing_full_weights()
+        name = "smoke" if missing else "full"
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES) + ['auto']}")
     profile = PROFILES[name]
     if not profile.meaningful and not quiet:
         _print_banner_once(SMOKE_BANNER)
+        if missing:
+            _print_once("zsadlab: auto chose smoke; missing full-profile weights: "
+                        + ", ".join(f"{b.name} ({b.pretrained})" for b in missing)
+                        + " (see README, 'Weights: one file per backbone')")
     return profile

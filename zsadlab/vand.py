@@ -42,10 +42,11 @@ from PIL import Image
 
 from . import losses as L
 from .backbone import block_tokens, freeze, grid_size, pooled_image_embedding
+from .errors import load_submodule_checkpoint
 from .fewshot import PromptedPredictor
 from .maps import anomaly_map, image_scores, similarity_logits
 from .prompts import ensemble_sentences, mean_text_feature
-from .utils import load_torch_file, save_torch_atomic
+from .utils import save_torch_atomic
 
 LOGIT_SCALE = 100.0  # hard-coded in test.py / train.py; CLIP's logit_scale is not used (fixtures §10.6)
 CHECKPOINT_KEY = "trainable_linearlayer"
@@ -372,16 +373,9 @@ def official_mask(mask: np.ndarray, image_size: int) -> torch.Tensor:
 
 def load_official_checkpoint(model: VAND, path: str | Path) -> VAND:
     """Load an official ``{"trainable_linearlayer": state_dict}`` file (e.g. ``epoch_15.pth``) safely."""
-    checkpoint = load_torch_file(path, what="VAND checkpoint")
-    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
-        raise ValueError(f"{path} is not a VAND checkpoint: expected a dict with key {CHECKPOINT_KEY!r}.")
-    try:
-        model.trainable_linearlayer.load_state_dict(checkpoint[CHECKPOINT_KEY])
-    except RuntimeError as err:
-        raise ValueError(
-            f"the linear layers in {path} do not fit this model ({err.args[0].splitlines()[-1].strip()}). "
-            "Check the backbone (width, embed dim) and the number of features against the checkpoint."
-        ) from None
+    load_submodule_checkpoint(model.trainable_linearlayer, path, CHECKPOINT_KEY, "VAND checkpoint",
+                              "Check the backbone (width, embed dim) and the number of features against the "
+                              "checkpoint.")
     return model
 
 

@@ -59,10 +59,12 @@ def input_normalisation(model) -> dict:
 
 def dataset_for(model, root, split: str = "test", classes: Sequence[str] | None = None,
                 require_masks: bool = False) -> AnomalyDataset:
-    """An :class:`AnomalyDataset` at the model's image size (``model.config.image_size``) and normalisation."""
+    """An :class:`AnomalyDataset` at the model's image size (``model.config.image_size``), normalisation
+    and its method's official test transform (``Method.resize``)."""
     norm = input_normalisation(model)
     return AnomalyDataset(root, split=split, classes=classes, image_size=model.config.image_size,
-                          mean=norm["mean"], std=norm["std"], require_masks=require_masks)
+                          mean=norm["mean"], std=norm["std"], require_masks=require_masks,
+                          resize=method_of(model).resize)
 
 
 def load_checkpoint(model, path: str | Path):

@@ -202,6 +202,13 @@ def fewshot_prompts(support: AnomalyDataset, class_name: str, shots: int, seed: 
     return _stack_images(support, [by_path[p] for p in paths]), [support.root / p for p in paths]
 
 
+def class_scored(spec, pred: dict) -> dict:
+    """``pred`` of one class's whole query set with the method's ``class_scores`` applied (if it has one)."""
+    if spec.class_scores is None:
+        return pred
+    return {**pred, "scores": np.asarray(spec.class_scores(pred["scores"], pred["maps"]), dtype=np.float64)}
+
+
 def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset | None = None, shots: int = 4,
                      seeds: Sequence[int] = (0,), prompt_dir: str | Path = "runs/prompts",
                      dataset_name: str | None = None, batch_size: int = 8, progress: bool = True,
@@ -212,9 +219,10 @@ def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset | N
     class's normal training images), saved under ``prompt_dir`` and reused by later runs, and
     shared by every test query of the class - the official test protocol (fixtures/inctrl §3.10-11).
     Datasets without a training split (``support=None``) lend the prompts from their own normal test
-    images, which are then left out of the evaluated queries.
+    images, which are then left out of the evaluated queries. A method with ``class_scores`` (VAND
+    few-shot) gets its scores from the whole query set of the class, before any metric.
     """
-    with_prompts = method_of(model).with_prompts
+    spec = method_of(model)
     dataset_name = dataset_name or Path(dataset.root).name
     table = ResultTable(columns=tuple(c for name in columns for c in (name, f"{name}_std")))
     for class_name in tqdm(dataset.classes, desc=f"{shots}-shot classes", disable=not progress, leave=False):
@@ -222,7 +230,8 @@ def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset | N
         for seed in seeds:
             prompts, paths = fewshot_prompts(support or dataset, class_name, shots, seed, prompt_dir, dataset_name)
             queries = dataset.subset(class_name).excluding(paths if support is None else [])
-            pred = predict_dataset(with_prompts(model, {class_name: prompts}), queries, batch_size, progress=False)
+            pred = class_scored(spec, predict_dataset(spec.with_prompts(model, {class_name: prompts}), queries,
+                                                      batch_size, progress=False))
             per_seed.append([metric_value(name, pred) for name in columns])
         values = np.array(per_seed)  # [seeds, metrics]
         row = {"class": class_name}

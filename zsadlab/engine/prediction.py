@@ -1,6 +1,16 @@
-"""Scoring the user's own images: ``scores.csv`` and one overlay PNG per image."""
+"""Scoring the user's own images: ``scores.csv`` and one overlay PNG per image.
+
+One run's outputs are complete and consistent: every input has one row in ``scores.csv``
+(``path, score, overlay, status``), read or not; an image that cannot be read is reported
+(``status`` ``skipped: <reason>``, empty score) while the others are scored; inputs that share a
+name (``a/x.png``, ``b/x.png``, ``a/x.jpg``) get distinct overlay files; the overlays are written
+first, then ``scores.csv`` atomically (replacing an earlier run's), by the ``csv`` module.
+"""
 from __future__ import annotations
 
+import csv
+import io
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -8,15 +18,19 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import viz
-from ..data.dataset import normalised_tensor, resized_rgb
-from ..data.images import image_files, is_image_file, load_rgb
+from ..data import DatasetError
+from ..data.dataset import image_tensor
+from ..data.images import image_files, is_image_file
 from ..errors import InputError
-from ..utils import write_text_atomic
+from ..methods import Method
+from ..utils import check_writable, write_text_atomic
 from .building import device_of, input_normalisation, method_of
+
+SCORE_COLUMNS = ("path", "score", "overlay", "status")
 
 
 def user_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly or found (not recursively) in the folders given."""
+    """Image files named directly or found (not recursively) in the folders given, each once."""
     found = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -28,44 +42,84 @@ def user_images(inputs: Sequence[str | Path]) -> list[Path]:
                              "(.png, .jpg, .jpeg, .bmp, .tif)")
     if not found:
         raise InputError(f"no images found in {', '.join(map(str, inputs))}")
-    return found
+    return list({path.resolve(): path for path in found}.values())
+
+
+def overlay_names(paths: Sequence[Path]) -> list[str]:
+    """A distinct overlay file name per path, deterministic: ``<stem>_overlay.png``, with the suffix
+    (``x_png``) and then the parent folder (``a_x_png``) added only where names would collide."""
+    tiers = [[p.stem for p in paths], [f"{p.stem}_{p.suffix.lstrip('.')}" for p in paths],
+             [f"{p.parent.name}_{p.stem}_{p.suffix.lstrip('.')}" for p in paths]]
+    counts = [Counter(tier) for tier in tiers]
+    chosen = [next((tier[i] for tier, count in zip(tiers, counts) if count[tier[i]] == 1), tiers[-1][i])
+              for i in range(len(paths))]
+    seen: Counter = Counter()
+    names = []
+    for name in chosen:  # last resort (e.g. a/c/x.png and b/c/x.png): a running number
+        seen[name] += 1
+        names.append(f"{name}_overlay.png" if seen[name] == 1 else f"{name}_{seen[name]}_overlay.png")
+    return names
 
 
 def model_input(model, path: Path) -> torch.Tensor:
-    """The image at ``path`` as the model's normalised input ``[3, S, S]``."""
+    """The image at ``path`` as the model's normalised input ``[3, S, S]``, through its method's
+    official test transform (``Method.resize``)."""
     norm = input_normalisation(model)
-    return normalised_tensor(resized_rgb(load_rgb(path), model.config.image_size), norm["mean"], norm["std"])
+    return image_tensor(path, model.config.image_size, method_of(model).resize, norm["mean"], norm["std"])
+
+
+def check_prompts(spec: Method, prompts: Sequence[str | Path] | None) -> None:
+    """Refuse reference images for a zero-shot method, and their absence for a few-shot one."""
+    if spec.few_shot and prompts is None:
+        raise InputError(f"{spec.name} is few-shot: pass normal reference images with prompts=[...] (--prompts DIR)")
+    if not spec.few_shot and prompts is not None:
+        raise InputError(f"{spec.name} is zero-shot and takes no reference images: leave out prompts (--prompts)")
 
 
 def predictor_for(model, class_name: str, prompts: Sequence[str | Path] | None):
     """The model itself, or for a few-shot method the model with the normal reference images ``prompts``."""
     spec = method_of(model)
-    if spec.few_shot and prompts is None:
-        raise InputError(f"{spec.name} is few-shot: pass normal reference images with prompts=[...] (--prompts DIR)")
-    if not spec.few_shot and prompts is not None:
-        raise InputError(f"{spec.name} is zero-shot and takes no reference images: leave out prompts (--prompts)")
+    check_prompts(spec, prompts)
     if prompts is None:
         return model
     return spec.with_prompts(model, {class_name: torch.stack([model_input(model, p) for p in user_images(prompts)])})
 
 
+def scores_csv(rows: Sequence[dict]) -> str:
+    """``scores.csv``'s text: a header and one row per input (any file name round-trips through ``csv``)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SCORE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def predict_images(model, inputs: Sequence[str | Path], out_dir: str | Path, class_name: str = "object",
                    prompts: Sequence[str | Path] | None = None) -> dict:
-    """Score the user's own images: ``scores.csv`` (path, score) and one overlay PNG per image in ``out_dir``
-    (none for a model without maps). Few-shot methods need ``prompts``: normal images (files or a
-    folder) of the same kind of object."""
+    """Score the user's own images: ``scores.csv`` (path, score, overlay, status) and one overlay PNG per
+    image in ``out_dir`` (none for a model without maps). Few-shot methods need ``prompts``: normal
+    images (files or a folder) of the same kind of object. An unreadable image is skipped, with its
+    reason in its row. Returns ``{"csv", "overlays", "skipped"}``."""
     paths = user_images(inputs)
+    out_dir = check_writable(Path(out_dir).resolve())  # relative to the caller's working directory
     predictor = predictor_for(model, class_name, prompts).eval()
-    out_dir = Path(out_dir).resolve()  # relative to the caller's working directory
     device = device_of(model)
     rows, overlays = [], []
-    for path in tqdm(paths, desc="predict", leave=False):
-        image = model_input(model, path)
+    for path, overlay in tqdm(list(zip(paths, overlay_names(paths))), desc="predict", leave=False):
+        try:
+            image = model_input(model, path)
+        except DatasetError as err:
+            rows.append({"path": str(path), "score": "", "overlay": "", "status": f"skipped: {err}"})
+            continue
         score, amap = predictor.predict(image[None].to(device), [class_name])
         if amap is not None:
-            fig = viz.plot_overlay(image, amap[0].cpu(), title=f"{path.name}", score=float(score[0]))
-            overlays.append(viz.save_figure(fig, out_dir, f"{path.stem}_overlay"))
+            fig = viz.plot_overlay(image, amap[0].cpu(), title=path.name, score=float(score[0]))
+            overlays.append(viz.save_figure(fig, out_dir, overlay))
             viz.plt.close(fig)
-        rows.append(f"{path},{float(score[0]):.6f}")
-    csv_path = write_text_atomic("path,score\n" + "\n".join(rows) + "\n", out_dir / "scores.csv")
-    return {"csv": csv_path, "overlays": overlays}
+        rows.append({"path": str(path), "score": f"{float(score[0]):.6f}",
+                     "overlay": overlay if amap is not None else "", "status": "ok"})
+    skipped = [row["path"] for row in rows if row["status"] != "ok"]
+    if len(skipped) == len(rows):
+        raise InputError(f"none of the {len(rows)} images could be read; first: {rows[0]['status']}")
+    csv_path = write_text_atomic(scores_csv(rows), out_dir / "scores.csv")
+    return {"csv": csv_path, "overlays": overlays, "skipped": skipped}
