@@ -70,12 +70,16 @@ class SyntheticPredictions(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return sum(self.sizes.values())
 
+    def class_of(self, i: int) -> str:
+        """The class of item ``i`` (classes follow each other in sorted order)."""
+        ends = np.cumsum([self.sizes[c] for c in self.classes])
+        return self.classes[int(np.searchsorted(ends, i, side="right"))]
+
     def __getitem__(self, i: int) -> dict:
         index = self.start + i
         mask = synthetic_mask(index, self.size)
         return {"image": torch.full((3, 1, 1), float(index)), "mask": torch.from_numpy(mask).float(),
-                "label": int(mask.any()), "class_name": self.classes[0] if len(self.sizes) == 1 else "",
-                "defect": "", "path": str(index)}
+                "label": int(mask.any()), "class_name": self.class_of(i), "defect": "", "path": str(index)}
 
 
 class StubModel(torch.nn.Module):
