@@ -186,32 +186,35 @@ def plot_sample_grid(images: Sequence, masks: Sequence | None = None, titles: Se
 
 def plot_map_grid(images: Sequence, maps: Mapping[str, Sequence], masks: Sequence | None = None,
                   titles: Sequence[str] | None = None, title: str = "Anomaly maps", alpha: float = 0.5,
-                  shared_scale: bool = True, mean=OPENAI_MEAN, std=OPENAI_STD,
+                  vmin: float | None = None, vmax: float | None = None, mean=OPENAI_MEAN, std=OPENAI_STD,
                   cbar_label: str = "anomaly score") -> plt.Figure:
     """Rows: image (with the mask contour), then one overlay row per entry of ``maps``
-    (``{"method": [map per image]}``); one colourbar per row."""
+    (``{"method": [map per image]}``), all on ONE colour scale with one labelled colourbar, so
+    colours compare across rows and columns. ``vmin``/``vmax``: the scale (default: the range of
+    every map in the grid; e.g. ``0, L`` for AnomalyCLIP maps summed over ``L`` feature layers)."""
     n = len(images)
     rows = 1 + len(maps)
     fig, axes = plt.subplots(rows, n, figsize=(2.3 * n + 0.8, 2.2 * rows + 0.4), squeeze=False,
                              constrained_layout=True)
     rgbs = [to_rgb(im, mean, std) for im in images]
+    arrays = {name: [to_numpy(m) for m in row_maps] for name, row_maps in maps.items()}
+    lo, hi = _map_limits([a for row in arrays.values() for a in row], vmin, vmax)
     for j in range(n):
         axes[0, j].imshow(rgbs[j])
         if masks is not None and masks[j] is not None:
             _draw_mask_contour(axes[0, j], masks[j], "red")
         _image_axes(axes[0, j], titles[j] if titles else None, ylabel="image" if j == 0 else "")
-    for i, (name, row_maps) in enumerate(maps.items(), start=1):
-        arrays = [to_numpy(m) for m in row_maps]
-        vmin, vmax = _map_limits(arrays, None, None) if shared_scale else (None, None)
-        im = None
+    im = None
+    for i, (name, row_maps) in enumerate(arrays.items(), start=1):
         for j in range(n):
             axes[i, j].imshow(rgbs[j])
-            lo, hi = (vmin, vmax) if shared_scale else _map_limits([arrays[j]], None, None)
-            im = axes[i, j].imshow(arrays[j], cmap=MAP_CMAP, alpha=alpha, vmin=lo, vmax=hi)
+            im = axes[i, j].imshow(row_maps[j], cmap=MAP_CMAP, alpha=alpha, vmin=lo, vmax=hi)
             if masks is not None and masks[j] is not None:
                 _draw_mask_contour(axes[i, j], masks[j])
             _image_axes(axes[i, j], None, ylabel=name if j == 0 else "")
-        fig.colorbar(im, ax=list(axes[i]), fraction=0.02, label=cbar_label)
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[1:].ravel()), fraction=0.02,
+                     label=f"{cbar_label} (one scale: {lo:.2g} to {hi:.2g})")
     fig.suptitle(title)
     return fig
 
@@ -329,14 +332,17 @@ def plot_bars(results: Mapping[str, Mapping[str, float]], title: str = "Ablation
 
 def plot_loss_curves(histories: Mapping[str, Sequence[float]], title: str = "Training loss",
                      xlabel: str = "step", ylabel: str = "loss", smooth: int = 1, logy: bool = False) -> plt.Figure:
-    """One line per run (``{"name": [loss per step]}``), optional moving average of ``smooth`` steps."""
+    """One line per run (``{"name": [loss per step]}``); ``smooth > 1`` draws the running mean over
+    ``smooth`` steps (window named in the title; the x axis is the step ending each window)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
+    smoothed = False
     for name, values in histories.items():
         y = np.asarray(to_numpy(list(values)), dtype=float)
+        x = np.arange(1, len(y) + 1)
         if smooth > 1 and len(y) >= smooth:
-            y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
-        ax.plot(np.arange(1, len(y) + 1), y, marker="o" if len(y) <= 20 else None, ms=3, label=name)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+            y, x, smoothed = np.convolve(y, np.ones(smooth) / smooth, mode="valid"), x[smooth - 1:], True
+        ax.plot(x, y, marker="o" if len(y) <= 20 else None, ms=3, label=name)
+    ax.set(title=title + (f" (running mean over {smooth} {xlabel}s)" if smoothed else ""), xlabel=xlabel, ylabel=ylabel)
     if logy:
         ax.set_yscale("log")
     ax.legend(fontsize=8)
