@@ -52,7 +52,7 @@ TEXT_SOURCES = ("learned", "ensemble")
 
 @dataclass(frozen=True)
 class AnomalyCLIPConfig:
-    """AnomalyCLIP hyper-parameters; defaults are the paper's ViT-L-14-336 setup (SPEC §2).
+    """AnomalyCLIP hyper-parameters; defaults are the paper's ViT-L-14-336 setup (official train.sh / test.sh; PROTOCOL.md).
 
     ``features``: 1-based blocks whose tokens make the maps. ``dpam_blocks``: how many final
     blocks DPAM refines (official ``DPAM_layer - 1``). ``depth``/``t_n_ctx``: deep text tokens

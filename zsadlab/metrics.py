@@ -1,7 +1,7 @@
 """Anomaly detection metrics: image/pixel AUROC and AP, F1-max and AUPRO.
 
 Every function takes numpy arrays or torch tensors and returns a Python float
-(or numpy arrays for curves). Conventions (SPEC §4, fixtures §5.6):
+(or numpy arrays for curves). Conventions (MVTec AD: Bergmann et al., IJCV 2021; fixtures §5.6):
 
 - image level: ``scores`` ``[N]`` (higher = more anomalous), ``labels`` ``[N]`` in {0, 1};
 - pixel level: ``maps`` ``[N, H, W]`` and ``masks`` ``[N, H, W]`` in {0, 1}; all pixels of
@@ -126,14 +126,14 @@ def _both_classes(labels: np.ndarray, what: str) -> None:
 
 # ----------------------------------------------------------------------------- image and pixel
 def image_auroc(scores, labels) -> float:
-    """Area under the ROC curve of image scores ``[N]`` against labels ``[N]`` (sklearn, SPEC §4)."""
+    """Area under the ROC curve of image scores ``[N]`` against labels ``[N]`` (sklearn)."""
     scores, labels = _image_inputs(scores, labels)
     _both_classes(labels, "AUROC")
     return float(sklearn.metrics.roc_auc_score(labels, scores))
 
 
 def image_ap(scores, labels) -> float:
-    """Average precision of image scores ``[N]`` against labels ``[N]`` (sklearn, SPEC §4)."""
+    """Average precision of image scores ``[N]`` against labels ``[N]`` (sklearn)."""
     scores, labels = _image_inputs(scores, labels)
     _both_classes(labels, "AP")
     return float(sklearn.metrics.average_precision_score(labels, scores))
@@ -262,7 +262,7 @@ def _score_floor(normal_scores: np.ndarray, fpr_limit: float) -> float:
 def _pro_steps(maps, labels, normal, n_regions, floor) -> tuple[np.ndarray, np.ndarray]:
     """Distinct scores ``≥ floor`` of region pixels, high to low, and the PRO at each.  # [K], [K]
 
-    Each region pixel adds 1/(|r|·R) to the PRO (SPEC §4): cumulative sums over the sorted
+    Each region pixel adds 1/(|r|·R) to the PRO (Bergmann et al., 2021): cumulative sums over the sorted
     scores, keeping the last of tied scores because no threshold can split a tie.
     """
     region = ~normal  # [N, H, W]
@@ -281,7 +281,7 @@ def _pro_steps(maps, labels, normal, n_regions, floor) -> tuple[np.ndarray, np.n
 def _exact_pro_curve(maps: np.ndarray, masks: np.ndarray, fpr_limit: float):
     """The vertices ``(fpr, pro)`` of the exact PRO curve from (0, 0) to past ``fpr_limit``.
 
-    SPEC §4: a threshold t makes every pixel scoring ≥ t positive; each normal pixel adds
+    A threshold t makes every pixel scoring ≥ t positive; each normal pixel adds
     1/N_normal to the FPR, each region pixel 1/(|r|·R) to the PRO. Lowering t from the top,
     normal pixels only move the curve to the right, so it turns only at the scores of region
     pixels: at each such score t it arrives at (FPR(> t), PRO(> t)) and steps, in one
@@ -325,7 +325,7 @@ def _check_fpr_limit(fpr_limit: float) -> float:
 
 
 def pro_curve(maps, masks, fpr_limit: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-    """The exact MVTec PRO curve ``(fpr, pro)`` from (0, 0) up to ``fpr_limit`` (SPEC §4).
+    """The exact MVTec PRO curve ``(fpr, pro)`` from (0, 0) up to ``fpr_limit`` (Bergmann et al., 2021).
 
     ``maps`` ``[N, H, W]``, ``masks`` ``[N, H, W]`` in {0, 1}. Regions are the 8-connected
     components of each mask; PRO is the mean over all regions of all images of the fraction
@@ -385,7 +385,7 @@ def aupro(maps, masks, fpr_limit: float = 0.3, method: str = "mvtec") -> float:
     """Area under the PRO curve up to ``fpr_limit``, normalised to [0, 1].
 
     ``method="mvtec"`` (default): exact area under :func:`pro_curve` divided by
-    ``fpr_limit`` (SPEC §4). It never exceeds 1, unlike anomalib before 2.3, which divided by
+    ``fpr_limit`` (Bergmann et al., 2021). It never exceeds 1, unlike anomalib before 2.3, which divided by
     the FPR endpoint of its averaged curve instead of the limit.
     ``method="anomalyclip"``: the official AnomalyCLIP number (fixtures §5.6), for comparing
     with the paper. It divides by the FPR range it covered, not by the limit, so it is not

@@ -94,7 +94,7 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # SPEC §1-2: ViT-L-14-336 (OpenAI) at 518 px, block 24 with lam 4 (the published configuration),
+    # The papers' setups (PROTOCOL.md): ViT-L-14-336 (OpenAI) at 518 px, block 24 with lam 4 (the published configuration),
     # DPAM on the last 19 blocks, 15 epochs of 8; InCTRL on ViT-B-16-plus-240 (LAION-400M e32) at 240 px,
     # layers 7/9/11, 10 epochs of 100 balanced batches of 16.
     "full": Profile(
