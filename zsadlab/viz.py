@@ -374,13 +374,14 @@ def plot_confusion_matrix(matrix, threshold: float, title: str = "Confusion matr
                           classes: Sequence[str] = ("normal", "anomalous")) -> plt.Figure:
     """A 2 x 2 confusion matrix ``[[TN, FP], [FN, TP]]`` (rows: truth, columns: decision) as counts."""
     matrix = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(3.8, 3.4), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(4.6, 3.8), constrained_layout=True)
+    ax.grid(False)
     im = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(j, i, str(int(count)), ha="center", va="center",
                 color="white" if count > matrix.max() / 2 else "black", fontsize=12)
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=[f"called {c}" for c in classes], yticklabels=classes,
-           xlabel=f"decision (score >= {threshold:.3g}: anomalous)", ylabel="ground truth", title=title)
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=classes, yticklabels=classes,
+           xlabel=f"decision (anomalous if score >= {threshold:.3g})", ylabel="ground truth", title=title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="images")
     return fig
 
@@ -389,6 +390,7 @@ def plot_thresholds(scores, labels, thresholds: Mapping[str, float], title: str 
                     xlabel: str = "image anomaly score") -> plt.Figure:
     """:func:`plot_score_histogram` with one vertical line per named threshold (``{"name": value}``)."""
     fig = plot_score_histogram(scores, labels, title=title, xlabel=xlabel)
+    fig.set_size_inches(7.6, 3.6)
     ax = fig.axes[0]
     for (name, value), style in zip(thresholds.items(), ("-", "--", "-.", ":")):
         ax.axvline(value, c="black", ls=style, label=f"{name}: {value:.3g}")
