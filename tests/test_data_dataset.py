@@ -202,3 +202,80 @@ def test_dataloader_batches_a_synthetic_set(synthetic_industrial_root):
     ds = AnomalyDataset(synthetic_industrial_root, "test", image_size=32, require_masks=True)
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=5, collate_fn=collate)))
     assert batch["image"].shape == (5, 3, 32, 32) and batch["mask"].shape == (5, 32, 32)
+
+
+# --- budgets: a seeded, stratified subset per class ---------------------------------------------
+
+
+@pytest.fixture
+def budget_root(tmp_path, write_image, write_mask):
+    """bottle: 6 normal + 4 anomalous test images, 5 train images; cable: 3 normal + 1 anomalous."""
+    root = tmp_path / "budget"
+    for cls, normal, anomalous in (("bottle", 6, 4), ("cable", 3, 1)):
+        for i in range(normal):
+            write_image(root / f"{cls}/test/good/{i:03d}.png")
+            write_image(root / f"{cls}/train/good/{i:03d}.png")
+        for i in range(anomalous):
+            write_image(root / f"{cls}/test/crack/{i:03d}.png")
+            write_mask(root / f"{cls}/ground_truth/crack/{i:03d}_mask.png")
+    write_image(root / "bottle/train/good/100.png")
+    return root
+
+
+def counts(ds) -> dict[tuple[str, int], int]:
+    """``{(class, label): images}`` of a dataset."""
+    found: dict[tuple[str, int], int] = {}
+    for s in ds.samples:
+        found[s.class_name, s.label] = found.get((s.class_name, s.label), 0) + 1
+    return found
+
+
+def test_budget_keeps_at_most_n_images_per_class_with_the_anomalous_share(budget_root):
+    small = AnomalyDataset(budget_root, "test").budget(max_images_per_class=5)
+    # bottle: 4/10 anomalous -> 2 of 5; cable has 4 images, under the budget: all kept
+    assert counts(small) == {("bottle", 0): 3, ("bottle", 1): 2, ("cable", 0): 3, ("cable", 1): 1}
+
+
+def test_budget_keeps_both_labels_even_when_the_share_rounds_to_zero(budget_root):
+    small = AnomalyDataset(budget_root, "test").budget(max_images_per_class=2)
+    assert counts(small) == {("bottle", 0): 1, ("bottle", 1): 1, ("cable", 0): 1, ("cable", 1): 1}
+
+
+def test_budget_of_one_image_cannot_keep_both_labels_and_says_so(budget_root):
+    with pytest.raises(DatasetError, match="at least 2"):
+        AnomalyDataset(budget_root, "test").budget(max_images_per_class=1)
+    with pytest.raises(DatasetError, match="at least 1"):
+        AnomalyDataset(budget_root, "test").budget(max_images_per_class=0)
+
+
+def test_budget_restricts_classes_and_none_keeps_everything(budget_root):
+    full = AnomalyDataset(budget_root, "test")
+    assert full.budget().samples == full.samples
+    cable = full.budget(classes=["cable"])
+    assert cable.classes == ["cable"] and len(cable) == 4 and len(full) == 14
+    with pytest.raises(DatasetError, match="available"):
+        full.budget(classes=["screw"])
+
+
+def test_budget_is_deterministic_for_a_seed_and_changes_with_it(budget_root):
+    full = AnomalyDataset(budget_root, "test")
+    draws = {seed: [s.path for s in full.budget(max_images_per_class=4, seed=seed).samples] for seed in range(6)}
+    assert draws[0] == [s.path for s in full.budget(max_images_per_class=4, seed=0).samples]
+    assert len({tuple(d) for d in draws.values()}) > 1
+
+
+def test_budget_does_not_depend_on_file_order(budget_root):
+    full = AnomalyDataset(budget_root, "test")
+    shuffled = full.excluding([])
+    shuffled.samples = full.samples[::-1]
+    for seed in range(3):
+        kept = {s.path for s in full.budget(max_images_per_class=4, seed=seed).samples}
+        assert kept == {s.path for s in shuffled.budget(max_images_per_class=4, seed=seed).samples}
+
+
+def test_budget_works_on_training_splits(budget_root):
+    train = AnomalyDataset(budget_root, "train").budget(max_images_per_class=2)
+    assert counts(train) == {("bottle", 0): 2, ("cable", 0): 2}
+    pool = AnomalyDataset(budget_root, "inctrl_train").budget(max_images_per_class=4)
+    # the pool holds both splits: bottle 13 normal + 4 anomalous -> 1 of 4; cable 6 + 1 -> 1 of 4
+    assert counts(pool) == {("bottle", 0): 3, ("bottle", 1): 1, ("cable", 0): 3, ("cable", 1): 1}

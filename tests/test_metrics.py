@@ -227,9 +227,29 @@ def test_image_and_pixel_auroc_ap_equal_scikit_learn():
     maps, masks = random_set(1)
     assert metrics.image_auroc(scores, labels) == sklearn.metrics.roc_auc_score(labels, scores)
     assert metrics.image_ap(scores, labels) == sklearn.metrics.average_precision_score(labels, scores)
-    assert metrics.pixel_auroc(maps, masks) == sklearn.metrics.roc_auc_score(masks.ravel(), maps.ravel())
-    assert metrics.pixel_ap(maps, masks) == sklearn.metrics.average_precision_score(
-        masks.ravel(), maps.ravel())
+    assert metrics.pixel_auroc(maps, masks) == pytest.approx(
+        sklearn.metrics.roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    assert metrics.pixel_ap(maps, masks) == pytest.approx(
+        sklearn.metrics.average_precision_score(masks.ravel(), maps.ravel()), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("levels", [3, 6, 1000])
+def test_pixel_auroc_and_ap_from_two_sorts_equal_scikit_learn_with_and_without_ties(seed, levels):
+    maps, masks = random_set(seed, n=4, size=16, levels=levels)
+    maps = maps.astype(np.float32) if seed % 2 else maps
+    assert metrics.pixel_auroc(maps, masks) == pytest.approx(
+        sklearn.metrics.roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    assert metrics.pixel_ap(maps, masks) == pytest.approx(
+        sklearn.metrics.average_precision_score(masks.ravel(), maps.ravel()), abs=1e-12)
+
+
+def test_pixel_auroc_and_ap_hand_computed_with_a_tie():
+    # anomalous .9 .5, normal .5 .1: pairs right 1 + 1 + 1 and one tie -> (3 + .5) / 4
+    maps, masks = np.array([[[.9, .5], [.5, .1]]]), np.array([[[1, 1], [0, 0]]])
+    assert metrics.pixel_auroc(maps, masks) == pytest.approx(3.5 / 4)
+    # t = .9: recall 1/2, precision 1; t = .5: recall 1, precision 2/3
+    assert metrics.pixel_ap(maps, masks) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
 
 
 def test_torch_tensors_give_the_same_numbers_as_numpy():
@@ -257,6 +277,35 @@ def test_roc_curve_returns_scikit_learn_points():
     ref_fpr, ref_tpr, _ = sklearn.metrics.roc_curve(masks.ravel(), maps.ravel())
     np.testing.assert_array_equal(fpr, ref_fpr)
     np.testing.assert_array_equal(tpr, ref_tpr)
+
+
+# ----------------------------------------------------------------------------- pixel samples for plots
+def test_pixel_sample_draws_per_image_pixels_with_their_labels():
+    maps, masks = random_set(3, n=4, size=10)
+    scores, labels = metrics.pixel_sample(maps, masks, per_image=7, seed=0)
+    assert scores.shape == labels.shape == (4 * 7,) and labels.dtype == bool
+    for image in range(4):  # each drawn pixel is a pixel of its own image, with its own label
+        pairs = set(zip(maps[image].ravel().tolist(), masks[image].ravel().astype(bool).tolist()))
+        drawn = zip(scores[7 * image:7 * (image + 1)].tolist(), labels[7 * image:7 * (image + 1)].tolist())
+        assert set(drawn) <= pairs
+
+
+def test_pixel_sample_is_seeded_and_takes_every_pixel_when_asked_for_more():
+    maps, masks = random_set(4, n=2, size=6)
+    first = metrics.pixel_sample(maps, masks, per_image=5, seed=1)
+    np.testing.assert_array_equal(first[0], metrics.pixel_sample(maps, masks, per_image=5, seed=1)[0])
+    assert not np.array_equal(first[0], metrics.pixel_sample(maps, masks, per_image=5, seed=2)[0])
+    scores, labels = metrics.pixel_sample(maps, masks, per_image=10_000, seed=0)
+    assert sorted(scores.tolist()) == sorted(maps.ravel().tolist()) and labels.sum() == masks.sum()
+
+
+def test_pixel_sample_roc_auc_estimates_the_pooled_value():
+    rng = np.random.default_rng(0)
+    masks = (rng.random((20, 64, 64)) < 0.1).astype(np.uint8)
+    maps = rng.normal(size=masks.shape) + masks  # AUROC about 0.76
+    sample = metrics.pixel_sample(maps, masks, per_image=1000, seed=0)
+    assert sklearn.metrics.roc_auc_score(sample[1], sample[0]) == pytest.approx(metrics.pixel_auroc(maps, masks),
+                                                                                 abs=0.02)
 
 
 # ----------------------------------------------------------------------------- bad inputs

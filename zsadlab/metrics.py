@@ -78,7 +78,10 @@ def _binary(x, name: str) -> np.ndarray:
     """Return 0/1 labels or masks as a bool array."""
     x = _as_array(x, name)
     if x.dtype != bool:
-        if not ((x == 0) | (x == 1)).all():
+        # integers are binary iff their range is [0, 1]: two reductions, no full-size temporaries
+        integer = np.issubdtype(x.dtype, np.integer)
+        binary = (x.min() >= 0 and x.max() <= 1) if integer else ((x == 0) | (x == 1)).all()
+        if not binary:
             found = np.unique(x)[:5]
             raise ValueError(
                 f"{name} must be binary (0 = normal, 1 = anomalous), found values {found}...; "
@@ -136,18 +139,46 @@ def image_ap(scores, labels) -> float:
     return float(sklearn.metrics.average_precision_score(labels, scores))
 
 
+def _scores_by_label(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the anomalous and of the normal pixels, each sorted ascending: ``[P]``, ``[Q]``.
+
+    Two plain sorts, no index arrays: what the pooled pixel AUROC and AP need, in about a third of
+    the memory and time of scikit-learn's argsort of every pixel.
+    """
+    return np.sort(maps[masks]), np.sort(maps[~masks])
+
+
 def pixel_auroc(maps, masks) -> float:
-    """AUROC of all pixels of all maps ``[N, H, W]`` pooled against ``masks`` (fixtures §5.6)."""
+    """AUROC of all pixels of all maps ``[N, H, W]`` pooled against ``masks`` (fixtures §5.6).
+
+    The scikit-learn value (``roc_auc_score`` of the raveled pixels, ties as diagonal ROC
+    segments) computed as the Mann-Whitney statistic: the fraction of (anomalous, normal) pixel
+    pairs ranked right, ties counting one half, summed in integers. Equal to scikit-learn's up
+    to float rounding.
+    """
     maps, masks = _pixel_inputs(maps, masks)
     _both_classes(masks, "pixel AUROC")
-    return float(sklearn.metrics.roc_auc_score(masks.ravel(), maps.ravel()))
+    positive, negative = _scores_by_label(maps, masks)  # [P], [Q]
+    below = np.searchsorted(negative, positive, "left").sum(dtype=np.int64)  # pairs ranked right
+    below_or_tied = np.searchsorted(negative, positive, "right").sum(dtype=np.int64)
+    return float((below + below_or_tied) / (2 * positive.size * negative.size))
 
 
 def pixel_ap(maps, masks) -> float:
-    """Average precision of all pixels of all maps ``[N, H, W]`` pooled against ``masks``."""
+    """Average precision of all pixels of all maps ``[N, H, W]`` pooled against ``masks``.
+
+    scikit-learn's definition, ``sum_t (R_t - R_t-1) P_t`` over the distinct scores t (a pixel
+    is positive when it scores ``>= t``); only scores of anomalous pixels change the recall, so
+    the sum runs over those. Equal to ``average_precision_score`` up to float rounding.
+    """
     maps, masks = _pixel_inputs(maps, masks)
     _both_classes(masks, "pixel AP")
-    return float(sklearn.metrics.average_precision_score(masks.ravel(), maps.ravel()))
+    positive, negative = _scores_by_label(maps, masks)  # [P], [Q]
+    thresholds, first = np.unique(positive, return_index=True)  # [T], ascending
+    true_positives = positive.size - first  # [T] anomalous pixels scoring >= t
+    false_positives = negative.size - np.searchsorted(negative, thresholds, "left")  # [T]
+    recall_steps = np.diff(np.append(first, positive.size)) / positive.size  # [T]
+    return float(np.sum(recall_steps * true_positives / (true_positives + false_positives)))
 
 
 def f1_max(scores, labels) -> float:
@@ -173,6 +204,27 @@ def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     _both_classes(labels, "ROC curve")
     fpr, tpr, _ = sklearn.metrics.roc_curve(labels.ravel(), scores.ravel())
     return fpr, tpr
+
+
+def pixel_sample(maps, masks, per_image: int = 1000, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded sample of pixels for pooled curves in plots: ``(scores, labels)`` ``[N * k]``.
+
+    ``maps`` and ``masks`` ``[N, H, W]``; ``k = min(per_image, H * W)`` pixels are drawn without
+    replacement, uniformly, from every image (``np.random.default_rng(seed)``; ``seed`` is an int
+    or a sequence such as ``(seed, class index)``). Every image has H×W pixels, so the samples of
+    the classes of a dataset, concatenated, are a stratified uniform sample of its pooled pixels:
+    ``roc_curve(*sample)`` draws the pooled ROC without holding every pixel. Table numbers are
+    never computed from a sample.
+    """
+    maps, masks = _pixel_inputs(maps, masks)
+    n, pixels = maps.shape[0], maps.shape[1] * maps.shape[2]
+    k = min(int(per_image), pixels)
+    if k < 1:
+        raise ValueError(f"per_image must be at least 1, got {per_image}.")
+    rng = np.random.default_rng(seed)
+    chosen = np.stack([rng.choice(pixels, size=k, replace=False) for _ in range(n)])  # [N, k] flat indices
+    rows = np.arange(n)[:, None]  # [N, 1]
+    return maps.reshape(n, pixels)[rows, chosen].ravel(), masks.reshape(n, pixels)[rows, chosen].ravel()
 
 
 # ----------------------------------------------------------------------------- AUPRO, MVTec

@@ -174,9 +174,21 @@ def run(notebooks: Sequence[Path], profile: str, out: Path, figures: str, baseli
         bar.write(f"[{index}/{len(notebooks)}] {stem}: {seconds[stem]:.1f} s {status} -> {executed}")
     report = {"profile": profile, "seconds": seconds, "total_seconds": round(sum(v for v in seconds.values() if v == v), 2),
               "failed": failed}
+    if trainings.is_file():
+        print(trainings_summary(json.loads(trainings.read_text(encoding="utf-8"))))
     if timings_path is not None:
         write_json_atomic(_merged(report, timings_path), timings_path)
     return report
+
+
+def trainings_summary(entries: list[dict]) -> str:
+    """One line on the series' training requests: how many were trained, reused or pulled, and
+    which keys (if any) were trained more than once - the run cache should make that impossible."""
+    counts = {action: sum(e["action"] == action for e in entries) for action in ("trained", "reused", "pulled")}
+    trained = [e["key"] for e in entries if e["action"] == "trained"]
+    twice = sorted({key for key in trained if trained.count(key) > 1})
+    line = "trainings: " + ", ".join(f"{n} {action}" for action, n in counts.items())
+    return line + (f"; TRAINED MORE THAN ONCE: {', '.join(twice)}" if twice else "; no training ran twice")
 
 
 def _merged(report: dict, path: Path) -> dict:

@@ -69,3 +69,12 @@ def test_kernels_get_curve_keys_when_zmq_can_encrypt():
 
     manager = rn.encrypted_kernel_manager()(kernel_name="python3")
     assert manager.transport_encryption == ("auto" if zmq.has("curve") else "disabled")
+
+
+def test_the_trainings_summary_names_a_training_that_ran_twice():
+    from zsadlab.run_notebooks import trainings_summary
+
+    once = [{"notebook": "02", "key": "a", "action": "trained"}, {"notebook": "03", "key": "a", "action": "reused"}]
+    assert trainings_summary(once) == "trainings: 1 trained, 1 reused, 0 pulled; no training ran twice"
+    twice = once + [{"notebook": "04", "key": "a", "action": "trained"}]
+    assert "TRAINED MORE THAN ONCE: a" in trainings_summary(twice)

@@ -15,6 +15,7 @@ PIL image, as torchvision's ``Resize`` on PIL images), ``ToTensor``, then ``> 0.
 from __future__ import annotations
 
 import copy
+import hashlib
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -140,6 +141,16 @@ class AnomalyDataset(Dataset):
         view.samples = _selected(self.samples, [class_name], self.root, self.split)
         return view
 
+    def budget(self, classes: Sequence[str] | None = None, max_images_per_class: int | None = None,
+               seed: int = 0) -> "AnomalyDataset":
+        """The same dataset cut to a budget: only ``classes`` (``None``: all), and at most
+        ``max_images_per_class`` images per class (``None``: all), drawn by :func:`budget_samples`
+        (seeded, stratified by label, both labels kept). Works on every split."""
+        view = copy.copy(self)
+        view.samples = budget_samples(_selected(self.samples, classes, self.root, self.split), self.root,
+                                      max_images_per_class, seed)
+        return view
+
     def excluding(self, paths) -> "AnomalyDataset":
         """The same dataset without the images at ``paths`` (e.g. few-shot prompts taken from it)."""
         drop = {str(Path(p)) for p in paths}
@@ -211,6 +222,50 @@ def _selected(all_samples: list[Sample], classes: Sequence[str] | None, root: Pa
         )
         raise DatasetError(f"{root} has no {split} images: {hint}.")
     return all_samples
+
+
+def _draw_rank(sample: Sample, root: Path, seed: int) -> str:
+    """The sample's place in the seeded draw: a hash of (seed, path relative to ``root``), so the
+    draw depends on the seed and the files, never on the order they were listed in."""
+    relative = sample.path.relative_to(root) if sample.path.is_relative_to(root) else sample.path
+    return hashlib.sha256(f"{seed}:{relative.as_posix()}".encode()).hexdigest()
+
+
+def _label_quota(n_normal: int, n_anomalous: int, budget: int) -> int:
+    """How many of ``budget`` images are anomalous: the class's share, rounded, but at least one
+    of each label when the class has both."""
+    share = round(budget * n_anomalous / (n_normal + n_anomalous))
+    if n_normal and n_anomalous:
+        return min(max(share, 1), budget - 1)
+    return share
+
+
+def budget_samples(all_samples: list[Sample], root: Path, max_images_per_class: int | None,
+                   seed: int = 0) -> list[Sample]:
+    """At most ``max_images_per_class`` samples of each class, a seeded draw stratified by label.
+
+    Each class keeps its anomalous share of the budget (rounded), and at least one normal and one
+    anomalous image whenever it has both; within a label the samples with the lowest
+    :func:`_draw_rank` are kept. The draw is deterministic for a seed and independent of file order;
+    the kept samples stay in their original order. ``None`` keeps everything.
+    """
+    if max_images_per_class is None:
+        return list(all_samples)
+    if max_images_per_class < 1:
+        raise DatasetError(f"max_images_per_class must be at least 1 (or None for all), got {max_images_per_class}.")
+    kept = set()
+    for class_name in sorted({s.class_name for s in all_samples}):
+        by_label = [sorted((s for s in all_samples if s.class_name == class_name and s.label == label),
+                           key=lambda s: _draw_rank(s, root, seed)) for label in (0, 1)]
+        if len(by_label[0]) + len(by_label[1]) <= max_images_per_class:
+            kept.update(id(s) for group in by_label for s in group)
+            continue
+        if by_label[0] and by_label[1] and max_images_per_class < 2:
+            raise DatasetError(f"max_images_per_class=1 cannot keep both labels of class {class_name!r} in {root}; "
+                               "use at least 2.")
+        n_anomalous = _label_quota(len(by_label[0]), len(by_label[1]), max_images_per_class)
+        kept.update(id(s) for s in by_label[1][:n_anomalous] + by_label[0][:max_images_per_class - n_anomalous])
+    return [s for s in all_samples if id(s) in kept]
 
 
 def _check_masks(all_samples: list[Sample], root: Path) -> None:

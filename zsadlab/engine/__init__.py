@@ -18,10 +18,12 @@ from .evaluation import (
     METRIC_COLUMNS,
     ResultTable,
     class_metrics,
+    class_predictions,
     evaluate,
     evaluate_fewshot,
     fewshot_prompts,
     load_or_sample_prompt_set,
+    pixel_inputs,
     predict_dataset,
     prompt_set_path,
     test,
@@ -31,7 +33,7 @@ from .training import completed_epochs, fit, is_main_process, run_record, train,
 
 __all__ = [
     "FEWSHOT_METRICS", "METRIC_COLUMNS", "FewShotPredictor", "ResultTable", "anomalyclip_config", "build_model",
-    "class_metrics", "completed_epochs", "dataset_for", "evaluate", "evaluate_fewshot", "fewshot_prompts", "fit",
-    "is_main_process", "load_checkpoint", "load_or_sample_prompt_set", "method_of", "predict_dataset",
+    "class_metrics", "class_predictions", "completed_epochs", "dataset_for", "evaluate", "evaluate_fewshot", "fewshot_prompts", "fit",
+    "is_main_process", "load_checkpoint", "load_or_sample_prompt_set", "method_of", "pixel_inputs", "predict_dataset",
     "predict_images", "prompt_set_path", "run_record", "test", "train", "train_inctrl",
 ]

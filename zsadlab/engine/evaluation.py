@@ -1,6 +1,7 @@
 """Predictions over a dataset, per-class result tables and the few-shot evaluation protocol.
 
 * :func:`predict_dataset` - scores and maps of every image of a dataset;
+  :func:`class_predictions` - the same, one class at a time;
 * :func:`evaluate` - the zero-shot table: metrics (chosen by name from
   :data:`zsadlab.metrics.METRICS`) per class, then their mean;
 * :func:`evaluate_fewshot` - the few-shot table: per class, image metrics as the mean and
@@ -46,48 +47,83 @@ def predict_dataset(model, dataset: AnomalyDataset, batch_size: int = 8, device=
                     progress: bool = True) -> dict:
     """Scores and maps of every image: ``scores`` [N], ``maps`` [N, S, S] float32 (``None`` for a
     model without maps), ``masks`` [N, S, S] uint8, ``has_mask`` [N], ``labels`` [N],
-    ``class_names``, ``paths`` (lists)."""
+    ``class_names``, ``paths`` (lists).
+
+    Each batch is written into arrays allocated once for the N images, so the maps are held once
+    (never as batches plus their concatenation).
+    """
     device = pick_device(device) if device is not None else device_of(model)
     model.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    parts: dict[str, list] = {k: [] for k in ("scores", "maps", "masks", "has_mask", "labels", "class_names", "paths")}
+    n = len(dataset)
+    pred = {"scores": np.empty(n, np.float32), "maps": None, "masks": None, "has_mask": np.empty(n, bool),
+            "labels": np.empty(n, np.int64), "class_names": [], "paths": []}
+    with_maps, start = True, 0
     for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
         scores, maps = model.predict(batch["image"].to(device), batch["class_name"])
-        parts["scores"].append(scores.float().cpu().numpy())
-        parts["maps"].append(None if maps is None else maps.float().cpu().numpy())
-        parts["masks"].append(batch["mask"].numpy().astype(np.uint8))
-        parts["has_mask"].append(batch["has_mask"].numpy())
-        parts["labels"].append(batch["label"].numpy())
-        parts["class_names"] += batch["class_name"]
-        parts["paths"] += batch["path"]
-    maps = parts.pop("maps")
-    pred = {k: (np.concatenate(v) if k not in ("class_names", "paths") else v) for k, v in parts.items()}
-    pred["maps"] = None if any(m is None for m in maps) else np.concatenate(maps)
+        end = start + len(scores)
+        if start == 0:
+            pred["masks"] = np.empty((n, *batch["mask"].shape[1:]), np.uint8)  # [N, S, S]
+            if maps is not None:
+                pred["maps"] = np.empty((n, *maps.shape[1:]), np.float32)  # [N, S, S]
+        with_maps = with_maps and maps is not None
+        if with_maps:
+            pred["maps"][start:end] = maps.float().cpu().numpy()
+        pred["scores"][start:end] = scores.float().cpu().numpy()
+        pred["masks"][start:end] = batch["mask"].numpy()
+        pred["has_mask"][start:end] = batch["has_mask"].numpy()
+        pred["labels"][start:end] = batch["label"].numpy()
+        pred["class_names"] += batch["class_name"]
+        pred["paths"] += batch["path"]
+        start = end
+    if not with_maps:
+        pred["maps"] = None
     return pred
+
+
+def class_predictions(model, dataset: AnomalyDataset, batch_size: int = 8, device=None, progress: bool = True):
+    """``(class name, predictions of that class)`` for each class in turn: the way to go over a
+    dataset holding one class's maps at a time (what :func:`evaluate` does)."""
+    for class_name in tqdm(dataset.classes, desc="classes", disable=not progress, leave=False):
+        yield class_name, predict_dataset(model, dataset.subset(class_name), batch_size, device, progress=False)
 
 
 # --- metrics and tables -----------------------------------------------------------------------
 
 
-def metric_value(name: str, pred: dict) -> float:
-    """Metric ``name`` of a prediction dict; NaN where it is undefined (one label only, no masks)."""
-    metric = get_metric(name)
-    if metric.level == "image":
-        inputs = (pred["scores"], pred["labels"])
-    else:
-        pixel = pred["has_mask"].astype(bool)
-        if pred["maps"] is None or not pixel.any():
-            return math.nan
-        inputs = (pred["maps"][pixel], pred["masks"][pixel])
+def pixel_inputs(pred: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(maps, masks)`` ``[M, S, S]`` of the images with pixel labels, ``None`` if there are none.
+
+    The arrays themselves when every image has pixel labels (no copy), else their selection.
+    """
+    pixel = pred["has_mask"].astype(bool)
+    if pred["maps"] is None or not pixel.any():
+        return None
+    if pixel.all():
+        return pred["maps"], pred["masks"]
+    return pred["maps"][pixel], pred["masks"][pixel]
+
+
+def _value(function, inputs) -> float:
     try:
-        return float(metric.function(*inputs))
+        return float(function(*inputs))
     except UndefinedMetricError:
         return math.nan
 
 
+def metric_value(name: str, pred: dict) -> float:
+    """Metric ``name`` of a prediction dict; NaN where it is undefined (one label only, no masks)."""
+    return class_metrics(pred, (name,))[name]
+
+
 def class_metrics(pred: dict, columns: Sequence[str] = METRIC_COLUMNS) -> dict[str, float]:
-    """``{metric name: value}`` for one set of predictions, undefined cells NaN."""
-    return {name: metric_value(name, pred) for name in columns}
+    """``{metric name: value}`` for one set of predictions, undefined cells NaN (the pixels with
+    labels are selected once for all pixel metrics)."""
+    metrics = {name: get_metric(name) for name in columns}
+    pixels = pixel_inputs(pred) if any(m.level == "pixel" for m in metrics.values()) else None
+    image = (pred["scores"], pred["labels"])
+    return {name: (_value(m.function, image) if m.level == "image"
+                   else math.nan if pixels is None else _value(m.function, pixels)) for name, m in metrics.items()}
 
 
 def _finite_or_none(value):
@@ -147,11 +183,14 @@ class ResultTable:
 
 def evaluate(model, dataset: AnomalyDataset, batch_size: int = 8, device=None, progress: bool = True,
              columns: Sequence[str] = METRIC_COLUMNS) -> ResultTable:
-    """Per-class table over ``dataset`` (official protocol: metrics per class, then the mean)."""
+    """Per-class table over ``dataset`` (official protocol: metrics per class, then the mean).
+
+    Memory: one class's maps at a time (:func:`class_predictions`); pixels are pooled within a
+    class, as the official per-class metrics are, never across the dataset."""
     table = ResultTable(columns=tuple(columns))
-    for class_name in tqdm(dataset.classes, desc="classes", disable=not progress, leave=False):
-        pred = predict_dataset(model, dataset.subset(class_name), batch_size, device, progress=False)
+    for class_name, pred in class_predictions(model, dataset, batch_size, device, progress):
         table.rows.append({"class": class_name, **class_metrics(pred, columns)})
+        del pred  # one class's maps at a time: free these before the next class is predicted
     return table
 
 
