@@ -33,7 +33,8 @@ ATTENTION_CMAP = "viridis"
 __all__ = [
     "set_style", "repo_root", "resolve_path", "figure_path", "show", "to_rgb", "to_numpy", "save_figure",
     "plot_overlay", "plot_sample_grid", "plot_map_grid", "plot_attention", "plot_attention_rows",
-    "plot_roc_curves", "plot_pro_curves", "plot_bars", "plot_loss_curves", "plot_k_shot",
+    "plot_roc_curves", "plot_pro_curves", "plot_bars", "plot_loss_curves", "plot_k_shot", "plot_confusion_matrix",
+    "plot_thresholds",
     "plot_score_histogram", "format_table", "print_table", "defect_patch",
 ]
 
@@ -350,25 +351,56 @@ def plot_loss_curves(histories: Mapping[str, Sequence[float]], title: str = "Tra
 
 
 def plot_k_shot(results: Mapping[str, Mapping[int, Sequence[float]]], title: str = "Few-shot curves",
-                ylabel: str = "image AUROC", reference: Mapping[str, Mapping[int, float]] | None = None,
-                hlines: Mapping[str, float] | None = None) -> plt.Figure:
-    """``{"method": {k: [value per seed]}}`` -> mean line with a min-max band over seeds; optional
-    dashed reference curves (``{"name": {k: value}}``) and horizontal lines (``{"name": value}``)."""
-    fig, ax = plt.subplots(figsize=(5.2, 3.8), constrained_layout=True)
+                ylabel: str = "image AUROC (%)", reference: Mapping[str, Mapping[int, float]] | None = None,
+                hlines: Mapping[str, float] | None = None, percent: bool = True) -> plt.Figure:
+    """``{"method": {k: [value per seed]}}`` -> mean line with a shaded min-max band over the seeds
+    (both named in the legend); optional dashed reference curves (``{"name": {k: value}}``) and
+    horizontal lines (``{"name": value}``). Values in [0, 1] are drawn in % when ``percent``; the
+    legend sits to the right of the axes, off the data."""
+    scale = 100.0 if percent else 1.0
+    fig, ax = plt.subplots(figsize=(8.4, 3.8), constrained_layout=True)
     for name, per_k in results.items():
         ks = sorted(per_k)
-        vals = [np.asarray(per_k[k], dtype=float) for k in ks]
-        mean = np.array([v.mean() for v in vals])
-        ax.plot(ks, mean, marker="o", label=f"{name} (mean over {len(vals[0])} seeds)")
-        ax.fill_between(ks, [v.min() for v in vals], [v.max() for v in vals], alpha=0.2)
+        vals = [scale * np.asarray(per_k[k], dtype=float) for k in ks]
+        line, = ax.plot(ks, [v.mean() for v in vals], marker="o", label=f"{name}: mean over {len(vals[0])} prompt seeds")
+        ax.fill_between(ks, [v.min() for v in vals], [v.max() for v in vals], alpha=0.2, color=line.get_color(),
+                        label=f"{name}: min-max over seeds")
     for name, per_k in (reference or {}).items():
         ks = sorted(per_k)
-        ax.plot(ks, [per_k[k] for k in ks], ls="--", marker="x", label=f"{name} (reference, not produced here)")
+        ax.plot(ks, [scale * per_k[k] for k in ks], ls="--", marker="x", label=f"{name} (reference, not produced here)")
     for name, value in (hlines or {}).items():
-        ax.axhline(value, ls=":", c="grey", label=name)
+        ax.axhline(scale * value, ls=":", c="grey", label=name)
     ax.set(title=title, xlabel="k (normal shots)", ylabel=ylabel)
     ax.set_xticks(sorted({k for d in results.values() for k in d}))
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return fig
+
+
+def plot_confusion_matrix(matrix, threshold: float, title: str = "Confusion matrix",
+                          classes: Sequence[str] = ("normal", "anomalous")) -> plt.Figure:
+    """A 2 x 2 confusion matrix ``[[TN, FP], [FN, TP]]`` (rows: truth, columns: decision) as counts."""
+    matrix = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(4.6, 3.8), constrained_layout=True)
+    ax.grid(False)
+    im = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(int(count)), ha="center", va="center",
+                color="white" if count > matrix.max() / 2 else "black", fontsize=12)
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=classes, yticklabels=classes,
+           xlabel=f"decision (anomalous if score >= {threshold:.3g})", ylabel="ground truth", title=title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="images")
+    return fig
+
+
+def plot_thresholds(scores, labels, thresholds: Mapping[str, float], title: str = "Image scores and thresholds",
+                    xlabel: str = "image anomaly score") -> plt.Figure:
+    """:func:`plot_score_histogram` with one vertical line per named threshold (``{"name": value}``)."""
+    fig = plot_score_histogram(scores, labels, title=title, xlabel=xlabel)
+    fig.set_size_inches(7.6, 3.6)
+    ax = fig.axes[0]
+    for (name, value), style in zip(thresholds.items(), ("-", "--", "-.", ":")):
+        ax.axvline(value, c="black", ls=style, label=f"{name}: {value:.3g}")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return fig
 
 

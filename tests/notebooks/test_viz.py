@@ -57,6 +57,8 @@ FIGURES = {
     "bars": lambda: viz.plot_bars({"x": {"m": 0.5, "n": 0.6}}, reference={"paper": {"m": 0.9}}),
     "loss": lambda: viz.plot_loss_curves({"a": [3.0, 2.0, 1.0]}, smooth=2),
     "k_shot": lambda: viz.plot_k_shot({"m": {2: [0.5, 0.6], 4: [0.7, 0.8]}}, reference={"p": {2: 0.8}}, hlines={"z": 0.5}),
+    "confusion": lambda: viz.plot_confusion_matrix(np.array([[5, 1], [2, 4]]), threshold=0.5),
+    "thresholds": lambda: viz.plot_thresholds(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1]), {"F1-max": 0.5}),
     "histogram": lambda: viz.plot_score_histogram(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])),
 }
 MAPS = {"overlay", "map_grid", "attention", "attention_rows"}
@@ -109,3 +111,10 @@ def test_defect_patch_finds_the_masked_cell():
     mask = np.zeros((S, S))
     mask[21:28, 0:7] = 1  # bottom-left cell of a 4 x 4 grid
     assert viz.defect_patch(mask, 4) == 12
+
+
+def test_k_shot_legend_names_the_min_max_band_and_sits_outside_the_axes():
+    fig = viz.plot_k_shot({"m": {2: [0.5, 0.6], 4: [0.7, 0.8]}})
+    legend = fig.axes[0].get_legend()
+    assert any("min-max over seeds" in t.get_text() for t in legend.get_texts())
+    assert legend.get_bbox_to_anchor().x0 > fig.axes[0].get_window_extent().x1 - 1  # right of the data
