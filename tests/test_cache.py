@@ -49,3 +49,11 @@ def test_a_budget_subset_is_other_training_data(tmp_path):
     data = engine.dataset_for(model, ensure_dataset("synthetic_industrial", tmp_path / "data"), "test")
     smaller = data.subset(data.classes[0])
     assert data_identity(data)["files"] != data_identity(smaller)["files"]
+
+
+def test_another_draw_of_a_synthetic_set_elsewhere_is_another_training(tmp_path):
+    profile = get_profile("smoke", quiet=True)
+    model = engine.build_model("anomalyclip", profile, "cpu")
+    first = engine.dataset_for(model, ensure_dataset("synthetic_ultrasound", tmp_path / "a", seed=0), "test")
+    other = engine.dataset_for(model, ensure_dataset("synthetic_ultrasound", tmp_path / "b", seed=1), "test")
+    assert data_identity(first) != data_identity(other)

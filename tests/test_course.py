@@ -82,9 +82,9 @@ def test_tag_solutions_tags_legacy_cells_once():
     assert nb.cells[5].metadata.tags == ["solution"]
 
 
-def test_colab_cells_are_a_badge_first_and_a_setup_cell_before_parameters():
+def test_colab_cells_are_a_badge_after_the_title_and_a_setup_cell_after_parameters():
     nb = course.add_colab_cells(lab_notebook(), course.REPO_URL, notebook_path="notebooks/99_lab.ipynb")
-    badge, title, setup, parameters = nb.cells[:4]
+    title, badge, parameters, setup = nb.cells[:4]
     assert badge.metadata.tags == ["colab-badge"]
     assert ("https://colab.research.google.com/github/zsadlab/zsadlab/blob/main/notebooks/99_lab.ipynb"
             in badge.source)
@@ -102,8 +102,8 @@ def test_add_colab_cells_is_idempotent_and_updates_the_repository(lab):
     assert sources(nb) == once
     course.add_colab_cells(nb, "https://github.com/someone/fork", notebook_path="notebooks/99_lab.ipynb")
     assert len(nb.cells) == len(once)
-    assert "github/someone/fork/blob/main/notebooks/99_lab.ipynb" in nb.cells[0].source
-    assert "https://github.com/someone/fork" in nb.cells[2].source
+    assert "github/someone/fork/blob/main/notebooks/99_lab.ipynb" in nb.cells[1].source
+    assert "https://github.com/someone/fork" in nb.cells[3].source
 
 
 def test_colab_setup_cell_does_nothing_outside_colab():

@@ -365,3 +365,14 @@ def test_undefined_is_its_own_error_and_nan_scores_are_not_undefined():
     with pytest.raises(ValueError) as err:
         metrics.image_auroc([np.nan, 0.2], [0, 1])
     assert not isinstance(err.value, metrics.UndefinedMetricError)
+
+
+def test_f1_max_threshold_is_where_the_best_f1_is_reached():
+    from zsadlab.metrics import f1_max, f1_max_threshold
+
+    scores, labels = np.array([0.1, 0.4, 0.35, 0.8, 0.7]), np.array([0, 0, 1, 1, 1])
+    threshold = f1_max_threshold(scores, labels)
+    predicted = scores >= threshold
+    tp = int((predicted & (labels == 1)).sum())
+    f1 = 2 * tp / (predicted.sum() + labels.sum())
+    assert threshold == 0.35 and f1 == pytest.approx(f1_max(scores, labels))

@@ -151,12 +151,14 @@ def upsert_cell(nb: nbformat.NotebookNode, tag: str, new_cell: nbformat.Notebook
 
 def add_colab_cells(nb: nbformat.NotebookNode, repo_url: str = REPO_URL, *,
                     notebook_path: str) -> nbformat.NotebookNode:
-    """Insert (or refresh) the Colab badge as the first cell and the Colab set-up code cell right
-    before the ``parameters`` cell (after the title when there is none). Idempotent; returns ``nb``."""
-    upsert_cell(nb, COLAB_BADGE_TAG, nbformat.v4.new_markdown_cell(colab_badge_source(notebook_path, repo_url)), 0)
+    """Insert (or refresh) the Colab badge right after the title cell (which states the question
+    and the cost) and the Colab set-up code cell right after the ``parameters`` cell, which stays
+    the first code cell (papermill injects its values after it). Idempotent; returns ``nb``."""
+    upsert_cell(nb, COLAB_BADGE_TAG, nbformat.v4.new_markdown_cell(colab_badge_source(notebook_path, repo_url)),
+                min(1, len(nb.cells)))
     tags = [cell_tags(cell) for cell in nb.cells]
-    before_parameters = next((i for i, t in enumerate(tags) if PARAMETERS_TAG in t), min(2, len(nb.cells)))
-    upsert_cell(nb, COLAB_SETUP_TAG, nbformat.v4.new_code_cell(colab_setup_source(repo_url)), before_parameters)
+    after_parameters = next((i + 1 for i, t in enumerate(tags) if PARAMETERS_TAG in t), len(nb.cells))
+    upsert_cell(nb, COLAB_SETUP_TAG, nbformat.v4.new_code_cell(colab_setup_source(repo_url)), after_parameters)
     return nb
 
 

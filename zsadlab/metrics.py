@@ -181,6 +181,16 @@ def pixel_ap(maps, masks) -> float:
     return float(np.sum(recall_steps * true_positives / (true_positives + false_positives)))
 
 
+def _f1_curve(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """``(f1 [T], thresholds [T])`` over the precision-recall curve's thresholds (pixels pooled)."""
+    scores, labels = _scores(scores, "scores"), _binary(labels, "labels")
+    _same_shape(scores, labels, "scores and labels")
+    _both_classes(labels, "F1-max")
+    precision, recall, thresholds = sklearn.metrics.precision_recall_curve(labels.ravel(), scores.ravel())
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], np.finfo(float).tiny)
+    return f1, thresholds
+
+
 def f1_max(scores, labels) -> float:
     """Best F1 over all thresholds of the precision-recall curve.
 
@@ -189,12 +199,17 @@ def f1_max(scores, labels) -> float:
     masks ``[N, H, W]`` (pixels pooled). Thresholds where precision and recall are both 0
     count as F1 = 0.
     """
-    scores, labels = _scores(scores, "scores"), _binary(labels, "labels")
-    _same_shape(scores, labels, "scores and labels")
-    _both_classes(labels, "F1-max")
-    precision, recall, _ = sklearn.metrics.precision_recall_curve(labels.ravel(), scores.ravel())
-    f1 = 2 * precision * recall / np.maximum(precision + recall, np.finfo(float).tiny)
-    return float(f1.max())
+    return float(_f1_curve(scores, labels)[0].max())
+
+
+def f1_max_threshold(scores, labels) -> float:
+    """The score threshold (``score >= t`` is anomalous) at which :func:`f1_max` is reached.
+
+    Chosen on labelled data, so on a test set it is an oracle: a deployed detector must take
+    its threshold from data it is not evaluated on (notebook 10).
+    """
+    f1, thresholds = _f1_curve(scores, labels)
+    return float(thresholds[np.argmax(f1)])
 
 
 def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray]:

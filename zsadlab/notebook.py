@@ -87,19 +87,23 @@ class Session:
         """Split ``split`` of dataset ``name`` as ``model`` reads it, within the budget."""
         return self.budgeted(engine.dataset_for(model, self.root(name), split, require_masks=require_masks))
 
-    def training_set(self, name: str, model) -> AnomalyDataset:
-        """What ``model``'s method trains on in dataset ``name`` (its recipe's split), within the budget."""
+    def training_set(self, name: str | Path, model) -> AnomalyDataset:
+        """What ``model``'s method trains on in dataset ``name`` - a registry name under ``data_root``,
+        or the path of a prepared dataset - (its recipe's split), within the budget."""
         recipe = get_method(model.method_name).recipe
-        return self.dataset(name, model, recipe.training_split, recipe.require_masks)
+        root = self.root(name) if isinstance(name, str) else Path(name)
+        return self.budgeted(engine.dataset_for(model, root, recipe.training_split,
+                                                require_masks=recipe.require_masks))
 
-    def trained(self, method: str, train_name: str | None = None, **changes) -> tuple[torch.nn.Module, CachedRun]:
-        """``method`` (with config ``changes``) trained on ``train_name`` (default: the profile's
-        auxiliary set) with its official recipe - or loaded from the run cache if this exact
-        training already ran in any notebook."""
+    def trained(self, method: str, train_name: str | Path | None = None, **changes) -> tuple[torch.nn.Module, CachedRun]:
+        """``method`` (with config ``changes``) trained on ``train_name`` (a registry name, or the path
+        of a prepared dataset; default: the profile's auxiliary set) with its official recipe - or
+        loaded from the run cache if this exact training already ran in any notebook."""
         model = self.build(method, **changes)
-        run = load_or_train(model, self.training_set(train_name or self.train_name, model), self.cache,
-                            epochs=self.epochs, seed=self.seed, max_steps_per_epoch=self.steps_per_epoch)
-        print(f"{method} on {train_name or self.train_name}: {run.action} ({run.folder.name})")
+        data = self.training_set(train_name or self.train_name, model)
+        run = load_or_train(model, data, self.cache, epochs=self.epochs, seed=self.seed,
+                            max_steps_per_epoch=self.steps_per_epoch)
+        print(f"{method} on {Path(data.root).name}: {run.action} ({run.folder.name})")
         return model, run
 
     def official(self, checkpoint_name: str = "anomalyclip-mvtec", method: str = "anomalyclip",

@@ -1,8 +1,8 @@
 """Load-or-train: the run cache that keeps the series from training the same model twice.
 
 A training is identified by everything that decides its result: the method, its config, the
-training data (the dataset's name, split and the exact list of images, so a budget subset is a
-different run), the seed, the epochs, the global batch and the step budget. :func:`training_key`
+training data (the dataset's folder, split and the exact list of images with their sizes, so a
+budget subset or another draw of a synthetic set is a different run), the seed, the epochs, the global batch and the step budget. :func:`training_key`
 turns that into a short digest and :func:`load_or_train` runs the one trainer (``engine.train``)
 in ``<cache>/<method>-<digest>/``: a finished run is loaded from its resume state instead of
 trained again, an interrupted one resumes after its last completed epoch.
@@ -62,12 +62,12 @@ def training_key(**parts: Any) -> str:
 
 
 def data_identity(dataset) -> dict:
-    """What a training reads: the dataset folder's name, the split and a digest of its images
-    (paths relative to the root, so the key survives moving the data)."""
-    root = Path(dataset.root)
-    paths = sorted(str(Path(s.path).relative_to(root)) for s in dataset.samples)
-    return {"dataset": root.name, "split": dataset.split, "images": len(paths),
-            "files": hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]}
+    """What a training reads: the dataset's folder, the split and a digest of its images' relative
+    paths and sizes (so a budget subset, or another draw of a synthetic set, is other data)."""
+    root = Path(dataset.root).resolve()
+    files = sorted((str(Path(s.path).relative_to(dataset.root)), Path(s.path).stat().st_size) for s in dataset.samples)
+    return {"root": str(root), "split": dataset.split, "images": len(files),
+            "files": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]}
 
 
 def log_request(key: str, action: str) -> None:
