@@ -12,6 +12,7 @@ is marked ``slow`` and ``notebooks`` (``make test-fast`` / ``-m "not notebooks"`
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,9 @@ def _is_reference_test(item) -> bool:
 
 
 def pytest_configure(config):
+    # The baselines run against an empty run cache (as `make baselines` wrote them), never the user's
+    # runs/cache: the notebook kernels nbval starts inherit ZSADLAB_CACHE from this process.
+    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="zsadlab-nbval-cache-")
     option = config.option
     if getattr(option, "nbval_sanitize_with", "missing") is None:
         option.nbval_sanitize_with = str(SANITIZE)
@@ -61,15 +65,3 @@ def executed_notebooks() -> set[str]:
     """Stems of the baselines nbval executed in this session."""
     return _executed
 
-
-@pytest.fixture(scope="session", autouse=True)
-def empty_run_cache(tmp_path_factory):
-    """The baselines run against an empty run cache (as ``make baselines`` wrote them), never the
-    user's ``runs/cache``: the notebook kernels inherit ``ZSADLAB_CACHE``."""
-    previous = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("run-cache"))
-    yield
-    if previous is None:
-        os.environ.pop(CACHE_ENV, None)
-    else:
-        os.environ[CACHE_ENV] = previous

@@ -286,7 +286,10 @@ def train(model, dataset, epochs: int | None = None, batch_size: int | None = No
         history.setdefault("epoch_total", [])
         workers = default_workers(ranks.device) if num_workers is None else num_workers
         scaler = torch.amp.GradScaler("cuda", enabled=amp and ranks.device.type == "cuda")
-        with global_batchnorm(model, ranks):
+        # One bar per run (also when every epoch is already done: then it says so), steps counted per epoch.
+        bar = tqdm(total=0, desc=f"{spec.name}: epoch {done}/{schedule.epochs}" +
+                   (" (complete)" if done >= schedule.epochs else ""), disable=not (progress and ranks.main))
+        with bar, global_batchnorm(model, ranks):
             stepper = _stepper(model, recipe, ranks)
             for epoch in range(done, schedule.epochs):
                 seed_everything(schedule.seed + epoch)
@@ -294,9 +297,9 @@ def train(model, dataset, epochs: int | None = None, batch_size: int | None = No
                 loader = DataLoader(recipe.items(dataset), batch_sampler=shares, collate_fn=recipe.collate,
                                     num_workers=workers, worker_init_fn=_seed_worker,
                                     generator=torch.Generator().manual_seed(schedule.seed + epoch))
-                bar = tqdm(loader, desc=f"epoch {epoch + 1}/{schedule.epochs}", leave=False,
-                           disable=not (progress and ranks.main))
-                steps = _epoch_losses(model, stepper, optimizer, scaler, bar, ranks)
+                bar.total += len(shares)
+                bar.set_description(f"{spec.name}: epoch {epoch + 1}/{schedule.epochs}")
+                steps = _epoch_losses(model, stepper, optimizer, scaler, loader, bar, ranks)
                 for key in steps[0] if steps else ():
                     history.setdefault(key, []).extend(step[key] for step in steps)
                 history["epoch_total"].append(float(np.mean([step["total"] for step in steps])))
@@ -309,9 +312,9 @@ def train(model, dataset, epochs: int | None = None, batch_size: int | None = No
     return history
 
 
-def _epoch_losses(model, stepper, optimizer, scaler, batches, ranks: Ranks) -> list[dict[str, float]]:
-    """One epoch of optimisation steps (fp16 autocast when ``scaler`` is enabled); per step, each
-    scalar loss of the global batch."""
+def _epoch_losses(model, stepper, optimizer, scaler, batches, bar, ranks: Ranks) -> list[dict[str, float]]:
+    """One epoch of optimisation steps (fp16 autocast when ``scaler`` is enabled), advancing the run's
+    progress ``bar``; per step, each scalar loss of the global batch."""
     model.train()
     steps = []
     for batch in batches:
@@ -322,7 +325,8 @@ def _epoch_losses(model, stepper, optimizer, scaler, batches, ranks: Ranks) -> l
         scaler.step(optimizer)
         scaler.update()
         steps.append(_global_mean({k: float(v.detach()) for k, v in losses.items() if v.dim() == 0}, ranks))
-        batches.set_postfix(loss=f"{steps[-1]['total']:.4f}")
+        bar.update(1)
+        bar.set_postfix(loss=f"{steps[-1]['total']:.4f}")
     return steps
 
 
