@@ -32,7 +32,11 @@ REFERENCES = HERE / "references"
 # kernel noise, FIXTURES inctrl §6). Rerun after `make baselines`.
 RTOL = 0.0
 ATOL = 1e-4
-ATOL_PER_TABLE = {"08_inctrl_few_shot/score_parts.json": 3e-3}
+# Measured across default/avx2/avx512 x OMP 1/2 (make test-cpus): the tiny InCTRL's training amplifies kernel
+# rounding (Adam on rounding-level gradients), so its scores move by 8.3e-3 and an AUROC over a few smoke queries
+# by one rank swap (0.0625); 01's baseline_metrics is in percent (1.6e-4).
+ATOL_PER_TABLE = {"08_inctrl_few_shot/score_parts.json": 2e-2, "08_inctrl_few_shot/k_shot.json": 0.15,
+                  "01_clip_baseline_failure/baseline_metrics.json": 2e-3}
 
 Number = float
 
