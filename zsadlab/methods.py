@@ -40,7 +40,11 @@ class Recipe:
     * ``items(dataset)``: the torch Dataset those keys index; ``collate``: its batch builder;
     * ``step(model, batch)``: the losses of one batch, a dict whose ``"total"`` is differentiable;
     * ``save(model, out_dir, epoch)``: the per-epoch checkpoint in the official format;
-    * ``training_split`` / ``require_masks``: which part of a prepared dataset it trains on.
+    * ``training_split`` / ``require_masks``: which part of a prepared dataset it trains on;
+    * ``for_dataset(config, dataset)``: the config to train with on ``dataset``, for the parts of an
+      official recipe that depend on the training set (VAND: ``train.sh``'s MVTec AD run), filling
+      only what the config leaves open (so applying it twice changes nothing). The trainer applies it
+      before training, so the choice is in the run's identity and cache key.
     """
 
     optimizer: Callable[..., torch.optim.Optimizer]
@@ -51,6 +55,7 @@ class Recipe:
     collate: Callable[[list[dict]], dict] = collate
     training_split: str = "test"
     require_masks: bool = False
+    for_dataset: Callable[[Any, Any], Any] = lambda config, dataset: config
 
 
 @dataclass(frozen=True)
@@ -167,11 +172,13 @@ INCTRL_RECIPE = Recipe(
 
 VAND_RECIPE = Recipe(
     optimizer=vand.make_optimizer,
-    plan=shuffled_batches,
+    plan=vand.training_plan,  # shuffled batches, each item with its mosaic draw
     step=vand.batch_losses,
     save=vand.save_epoch_checkpoint,
+    items=vand.MosaicItems,
     training_split="test",  # official train.py: the auxiliary dataset's test split, with its masks
     require_masks=True,
+    for_dataset=vand.config_for_dataset,  # train.sh: MVTec AD 3 epochs with mosaics, any other set 15
 )
 
 # What each AnomalyCLIP preset learns: the hand-written-ensemble baselines learn nothing.

@@ -126,8 +126,9 @@ PROFILES: dict[str, Profile] = {
                                    WinCLIPConfig(image_size=TINY_CLIPS["inctrl"].vision["image_size"])),
             "vand": MethodSetup(
                 Backbone(TINY_PREFIX + "anomalyclip"),
+                # batch 8 and the mosaic rate of the official run on the training set; one epoch, to stay fast
                 VANDConfig(features=(2, 4, 6, 8), image_size=TINY_CLIPS["anomalyclip"].vision["image_size"],
-                           epochs=1, batch_size=4)),
+                           epochs=1)),
         },
         train_dataset="synthetic_industrial",
         test_dataset="synthetic_ultrasound",

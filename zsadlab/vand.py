@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import random
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ from PIL import Image
 
 from . import losses as L
 from .backbone import block_tokens, freeze, grid_size, pooled_image_embedding
+from .data import dataset_name, load_mask, load_rgb
+from .data.dataset import normalised_tensor, resized_mask, resized_rgb
 from .errors import load_submodule_checkpoint
 from .fewshot import PromptedPredictor
 from .maps import anomaly_map, image_scores, similarity_logits
@@ -61,9 +64,11 @@ class VANDConfig:
     the same blocks). ``official_build``: at a non-native ``image_size`` run the backbone as the
     official code rebuilds it (exact GELU, bicubic antialiased positions, :func:`official_backbone`);
     ``False`` keeps the given model and resizes positions as :mod:`zsadlab.backbone` does.
-    ``epochs``/``batch_size``: ``train.sh``'s run on VisA, whose checkpoint gives the paper's MVTec
-    AD rows (15 epochs of 64); its run on MVTec AD (for every other dataset) is 3 epochs of 64
-    with the 4-image mosaic augmentation at rate 0.2 (``dataset.py:combine_img``).
+    ``epochs``/``batch_size``/``aug_rate``: the training recipe; ``train.sh`` trains twice, both with
+    ``--batch_size 8``: on VisA 15 epochs (the checkpoint behind the paper's MVTec AD rows) and on
+    MVTec AD 3 epochs with the 2x2 mosaic augmentation at rate 0.2 (``--aug_rate 0.2``,
+    ``dataset.py:combine_img``; the checkpoint behind every other row). ``None`` lets the training
+    set choose (:func:`config_for_dataset`); a number given here is kept.
     """
 
     features: tuple[int, ...] = (6, 12, 18, 24)
@@ -71,8 +76,9 @@ class VANDConfig:
     fewshot_features: tuple[int, ...] | None = None
     logit_scale: float = LOGIT_SCALE
     official_build: bool = True
-    epochs: int = 15
-    batch_size: int = 64
+    epochs: int | None = None
+    batch_size: int = 8
+    aug_rate: float | None = None
 
     @property
     def memory_features(self) -> tuple[int, ...]:
@@ -353,6 +359,124 @@ def batch_losses(model: VAND, batch: dict) -> dict[str, torch.Tensor]:
     """The training step's losses of a collated batch (``image``, ``mask``, ``label``, ``class_name``)."""
     device = model.clip.visual.proj.device
     return model.losses(batch["image"].to(device), batch["mask"].to(device), batch["label"], batch["class_name"])
+
+
+# --- the recipe of the training set and the mosaic augmentation (train.sh, dataset.py) ----------------
+
+# train.sh trains twice, both at --batch_size 8: on MVTec AD for 3 epochs with --aug_rate 0.2, on VisA for
+# 15 epochs; train.py reads every set but MVTec AD without the augmentation (VisaDataset).
+OFFICIAL_RUNS = {"mvtec": {"epochs": 3, "aug_rate": 0.2}}
+OTHER_RUN = {"epochs": 15, "aug_rate": 0.0}
+MOSAIC_TILES = 4  # combine_img: a 2 x 2 grid, filled row by row
+
+
+def config_for_dataset(config: VANDConfig, dataset) -> VANDConfig:
+    """``config`` with each recipe field left ``None`` taken from the official run on ``dataset``.
+
+    The run is chosen by the training set's registry name (:func:`zsadlab.data.dataset_name` of its
+    root): ``mvtec`` 3 epochs with mosaics at rate 0.2, any other set (synthetic ones included) 15
+    epochs without; both at batch 8. Fields already set (a profile's, or the user's) are kept.
+    """
+    root = getattr(dataset, "root", None)
+    run = OFFICIAL_RUNS.get(dataset_name(root) if root is not None else None, OTHER_RUN)
+    return config.replace(**{field: value for field, value in run.items() if getattr(config, field) is None})
+
+
+def item_random(seed: int, index: int) -> random.Random:
+    """The random stream of item ``index`` in the epoch drawn with ``seed``.
+
+    One stream per item (the official code draws from Python's global ``random`` in whatever order
+    the loader asks), so a draw depends on neither the DataLoader worker nor the DDP rank.
+    """
+    return random.Random(f"{seed}:{index}")
+
+
+def defect_folders(samples) -> dict[str, dict[str, list[int]]]:
+    """Per class, per defect folder, the indices of ``samples`` in it: folders and files in sorted order
+    (``combine_img`` lists ``<class>/test`` and the drawn folder with ``os.listdir``)."""
+    listing: dict[str, dict[str, list[int]]] = {}
+    for index, sample in sorted(enumerate(samples), key=lambda p: (p[1].class_name, p[1].defect, p[1].path.name)):
+        listing.setdefault(sample.class_name, {}).setdefault(sample.defect, []).append(index)
+    return listing
+
+
+def mosaic_tiles(rng: random.Random, folders: dict[str, list[int]], aug_rate: float) -> tuple[int, ...]:
+    """One item's draw by the official rule (``MVTecDataset.__getitem__`` and ``combine_img``).
+
+    With probability ``aug_rate`` (``rng.random() < aug_rate``) four tiles of the item's class, each
+    a defect folder of ``folders`` drawn uniformly, then a file in it drawn uniformly
+    (``random.choice`` twice), in that order; otherwise ``()``: the item itself.
+    """
+    if not rng.random() < aug_rate:
+        return ()
+    defects = list(folders)
+    tiles = []
+    for _ in range(MOSAIC_TILES):
+        defect = rng.choice(defects)
+        tiles.append(rng.choice(folders[defect]))
+    return tuple(tiles)
+
+
+def training_plan(model: VAND, dataset, batch_size: int, seed: int) -> list[list[tuple[int, tuple[int, ...]]]]:
+    """One epoch: the shuffled batches of ``shuffled_batches``, each key ``(index, tiles)`` with the
+    item's :func:`mosaic_tiles` at ``config.aug_rate`` (drawn from :func:`item_random`), so that every
+    rank and worker builds the same mosaic."""
+    from .methods import shuffled_batches  # until the registration lives in this module
+
+    listing, rate = defect_folders(dataset.samples), model.config.aug_rate or 0.0
+    return [[(index, mosaic_tiles(item_random(seed, index), listing[dataset.samples[index].class_name], rate))
+             for index in batch] for batch in shuffled_batches(model, dataset, batch_size, seed)]
+
+
+def mosaic(tiles: Sequence[np.ndarray], cell: tuple[int, int]) -> np.ndarray:
+    """Four ``[h_i, w_i(, C)]`` arrays -> ``[2H, 2W(, C)]`` with ``cell = (H, W)``.
+
+    Tile ``i`` goes to row ``i // 2``, column ``i % 2``, pasted in order as ``combine_img``'s
+    ``Image.paste``: a larger tile is clipped at the canvas and overlapped by the next, a smaller
+    one leaves zeros.
+    """
+    height, width = cell
+    canvas = np.zeros((2 * height, 2 * width) + tiles[0].shape[2:], dtype=tiles[0].dtype)
+    for i, tile in enumerate(tiles):
+        top, left = (i // 2) * height, (i % 2) * width
+        region = canvas[top:top + tile.shape[0], left:left + tile.shape[1]]
+        region[...] = tile[:region.shape[0], :region.shape[1]]
+    return canvas
+
+
+def mosaic_pair(samples: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """``combine_img`` of four samples at their native size: the ``[2H, 2W, 3]`` uint8 image and the
+    ``[2H, 2W]`` {0, 1} mask, ``(H, W)`` the first image's (a normal tile's mask is zeros)."""
+    images = [load_rgb(sample.path) for sample in samples]  # [h, w, 3] each
+    masks = [load_mask(sample.mask_path) if sample.mask_path else np.zeros(image.shape[:2], np.uint8)
+             for sample, image in zip(samples, images)]  # [h, w] each
+    cell = images[0].shape[:2]
+    return mosaic(images, cell), mosaic(masks, cell)
+
+
+class MosaicItems(torch.utils.data.Dataset):
+    """The items behind :func:`training_plan`'s keys ``(index, tiles)``.
+
+    ``dataset[index]``, whose image and mask are replaced by :func:`mosaic_pair` of ``tiles`` when
+    there are any, then resized and normalised as the dataset does (official: ``combine_img`` before
+    ``transform`` / ``target_transform``). Label, class and path stay the drawn item's, as in the
+    official code; VAND's loss reads only images, masks and class names.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, tuple[int, ...]]) -> dict:
+        index, tiles = key
+        item, data = self.dataset[index], self.dataset
+        if tiles:
+            image, mask = mosaic_pair([data.samples[t] for t in tiles])
+            item["image"] = normalised_tensor(resized_rgb(image, data.image_size, data.resize), data.mean, data.std)
+            item["mask"] = torch.from_numpy(resized_mask(mask, data.image_size, data.resize)).float()  # [S, S]
+        return item
 
 
 # --- official preprocessing of masks ------------------------------------------------------------

@@ -10,7 +10,7 @@ Modules, one concept each:
 - ``synthetic``  -- the seeded smoke sets ``synthetic_industrial`` and ``synthetic_ultrasound``
 - ``registry``   -- one entry per dataset: source, license, raw layout, converter
 - ``files``, ``download`` -- atomic folders, verified resumable downloads, safe extraction
-- ``prepare``    -- ``prepare``, ``ensure_dataset``, ``fetch_raw``
+- ``prepare``    -- ``prepare``, ``ensure_dataset``, ``fetch_raw``, ``dataset_name`` (a root's registry name)
 - ``dataset``    -- ``AnomalyDataset`` (torch, the official transforms: ``RESIZE_MODES``), ``image_tensor``, ``collate``
 
 Typical use::
@@ -23,7 +23,7 @@ from .dataset import RESIZE_MODES, AnomalyDataset, collate, image_tensor
 from .errors import DatasetError
 from .images import load_mask, load_rgb
 from .layout import Sample
-from .prepare import ensure_dataset, fetch_raw, prepare
+from .prepare import dataset_name, ensure_dataset, fetch_raw, prepare
 from .registry import names
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "DatasetError",
     "Sample",
     "collate",
+    "dataset_name",
     "ensure_dataset",
     "fetch_raw",
     "image_tensor",

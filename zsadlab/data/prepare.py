@@ -15,10 +15,11 @@ from .download import download, extract
 from .errors import DatasetError
 from .files import atomic_dir
 from .layout import META_FILE, layout_classes, meta_of
-from .registry import DatasetEntry, entry, how_to_get
+from .registry import DatasetEntry, entry, how_to_get, names
 from .writer import LayoutWriter
 
 MARKER = ".zsadlab-prepared"  # written into every root prepare() builds; only such roots may be replaced
+MARKER_PREFIX = "prepared by zsadlab: "  # the marker's text, followed by the registry name
 
 
 def prepare(name: str, raw: str | Path | None = None, out: str | Path | None = None, seed: int = 0,
@@ -52,7 +53,7 @@ def prepare(name: str, raw: str | Path | None = None, out: str | Path | None = N
         if writer.count == 0:
             raise DatasetError(f"no images found in {raw}. {item.title}: expected raw layout: {item.raw_layout}")
         write_json_atomic(meta_of(tmp), tmp / META_FILE)
-        (tmp / MARKER).write_text(f"prepared by zsadlab: {name}\n", encoding="utf-8")
+        (tmp / MARKER).write_text(f"{MARKER_PREFIX}{name}\n", encoding="utf-8")
     return out
 
 
@@ -84,6 +85,19 @@ def _checked_raw(item: DatasetEntry, raw: str | Path | None) -> Path:
     if raw is None or not Path(raw).is_dir():
         raise DatasetError(f"raw folder {raw} of {item.title} does not exist. {how_to_get(item)}")
     return Path(raw)
+
+
+def dataset_name(root: str | Path) -> str | None:
+    """The registry name of the dataset at ``root``, or None when it cannot be told.
+
+    The name :func:`prepare` wrote into the root's ``MARKER``; for a root without one (e.g. a folder
+    the official scripts prepared), the folder's own name when that is a registered name (``.../mvtec``).
+    """
+    root = Path(root)
+    marker = root / MARKER
+    text = marker.read_text(encoding="utf-8").strip() if marker.is_file() else ""
+    name = text[len(MARKER_PREFIX):] if text.startswith(MARKER_PREFIX) else root.name
+    return name if name in names() else None
 
 
 def is_prepared(root: str | Path) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..utils import write_json_atomic
 from .building import method_of
-from .training import completed_epochs, train
+from .training import completed_epochs, configure_for, train
 
 TRAININGS_LOG_ENV = "ZSADLAB_TRAININGS_LOG"
 NOTEBOOK_ENV = "ZSADLAB_NOTEBOOK"
@@ -93,6 +93,7 @@ def load_or_train(model, dataset, cache_dir: str | Path, epochs: int | None = No
     (``"trained"``, also when an interrupted run was resumed) or loaded (``"reused"``).
     """
     spec = method_of(model)
+    configure_for(model, dataset)  # the recipe's choices for this training set, so they are in the key
     epochs = epochs or model.config.epochs
     batch_size = batch_size or model.config.batch_size
     seed = spec.seed if seed is None else seed

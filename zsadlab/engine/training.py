@@ -228,6 +228,17 @@ def _recipe_of(spec: Method) -> Recipe:
     return spec.recipe
 
 
+def configure_for(model, dataset):
+    """Set ``model.config`` to its recipe's config for training on ``dataset`` and return it.
+
+    ``Recipe.for_dataset`` makes the official choices that depend on the training set (VAND: 3
+    epochs with mosaics on MVTec AD, else 15); it fills only what the config leaves open, so a
+    second call changes nothing and :func:`train` after ``load_or_train`` trains what was keyed.
+    """
+    model.config = _recipe_of(method_of(model)).for_dataset(model.config, dataset)
+    return model.config
+
+
 def _positive(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value < 1:
@@ -268,6 +279,7 @@ def train(model, dataset, epochs: int | None = None, batch_size: int | None = No
     """
     spec = method_of(model)
     recipe = _recipe_of(spec)
+    configure_for(model, dataset)  # the recipe's choices for this training set (config fields left None)
     schedule = Schedule(epochs or model.config.epochs, batch_size or model.config.batch_size,
                         spec.seed if seed is None else seed, max_steps_per_epoch, plan_options)
     _positive(epochs=schedule.epochs, batch_size=schedule.batch_size, max_steps_per_epoch=max_steps_per_epoch)
