@@ -57,3 +57,31 @@ def synthetic_industrial_root(tmp_path_factory) -> Path:
     from zsadlab.data import prepare
 
     return prepare("synthetic_industrial", out=tmp_path_factory.mktemp("synth") / "synthetic_industrial")
+
+
+TOY_FOLDERS = {"good": 3, "crack": 2, "hole": 1}  # test images per defect folder, in each of the classes a and b
+
+
+@pytest.fixture
+def marked_toy_set(tmp_path, write_image, write_mask) -> Callable[[str], Path]:
+    """``marked_toy_set(name)``: a tiny prepared test split whose marker names registry dataset ``name``.
+
+    Classes ``a`` and ``b``, each with ``test/{good,crack,hole}`` (:data:`TOY_FOLDERS` images), 8x8 px,
+    every file a different flat grey; each defect image has a box mask of its own.
+    """
+    from zsadlab.data.prepare import MARKER, MARKER_PREFIX
+
+    def make(name: str) -> Path:
+        root = tmp_path / name
+        grey = iter(range(10, 250, 5))
+        for class_name in ("a", "b"):
+            for defect, count in TOY_FOLDERS.items():
+                for i in range(count):
+                    write_image(root / class_name / "test" / defect / f"{i:03d}.png", size=(8, 8), value=next(grey))
+                    if defect != "good":
+                        write_mask(root / class_name / "ground_truth" / defect / f"{i:03d}_mask.png", size=(8, 8),
+                                   box=(i, i + 3, 2, 6))
+        (root / MARKER).write_text(f"{MARKER_PREFIX}{name}\n", encoding="utf-8")
+        return root
+
+    return make

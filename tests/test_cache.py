@@ -57,3 +57,19 @@ def test_another_draw_of_a_synthetic_set_elsewhere_is_another_training(tmp_path)
     first = engine.dataset_for(model, ensure_dataset("synthetic_ultrasound", tmp_path / "a", seed=0), "test")
     other = engine.dataset_for(model, ensure_dataset("synthetic_ultrasound", tmp_path / "b", seed=1), "test")
     assert data_identity(first) != data_identity(other)
+
+
+def test_the_recipe_the_training_set_chooses_is_in_the_key(marked_toy_set, monkeypatch):
+    from zsadlab.engine import cache
+
+    calls = []
+    monkeypatch.setattr(cache, "train", lambda model, data, epochs, batch_size, **options: calls.append(
+        (epochs, batch_size, model.config.aug_rate)) or {})
+    profile = get_profile("smoke", quiet=True)
+    root = marked_toy_set("mvtec")
+    keys = []
+    for name in ("mvtec", "visa"):  # the same images, marked as another registry dataset
+        (root / ".zsadlab-prepared").write_text(f"prepared by zsadlab: {name}\n", encoding="utf-8")
+        model = engine.build_model("vand", profile, "cpu", epochs=None)
+        keys.append(load_or_train(model, engine.dataset_for(model, root, "test"), root / "cache", progress=False).key)
+    assert calls == [(3, 8, 0.2), (15, 8, 0.0)] and keys[0] != keys[1]

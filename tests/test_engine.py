@@ -224,6 +224,28 @@ def test_vand_trains_its_linear_layers_and_the_checkpoint_loads_back(smoke, root
         torch.testing.assert_close(value, model.trainable_linearlayer.state_dict()[key], rtol=0, atol=0)
 
 
+def test_vand_on_mvtec_ad_trains_the_official_run_3_epochs_of_8_with_mosaics_at_0_2(smoke, marked_toy_set, tmp_path):
+    from zsadlab.engine import fit, run_record
+
+    model = build_model("vand", smoke, device="cpu", epochs=None)  # the smoke profile's 1 epoch left to the recipe
+    history = fit(model, marked_toy_set("mvtec"), out_dir=tmp_path, max_steps_per_epoch=1, progress=False)
+    assert len(history["epoch_total"]) == 3 and (tmp_path / "epoch_3.pth").exists()
+    record = run_record(tmp_path)
+    assert (record["config"]["epochs"], record["batch_size"], record["config"]["aug_rate"]) == (3, 8, 0.2)
+
+
+def test_the_recipe_fills_only_what_the_config_leaves_open_and_other_methods_keep_theirs(smoke, roots):
+    from zsadlab.engine import configure_for
+
+    vand = build_model("vand", smoke, device="cpu")  # smoke: 1 epoch
+    data = dataset_for(vand, roots["synthetic_industrial"], require_masks=True)
+    assert (configure_for(vand, data).epochs, vand.config.batch_size, vand.config.aug_rate) == (1, 8, 0.0)
+    assert configure_for(vand, data) == vand.config  # a second time changes nothing
+    anomalyclip = build_model("anomalyclip", smoke, device="cpu")
+    before = anomalyclip.config
+    assert configure_for(anomalyclip, data) is before
+
+
 def test_class_scores_run_once_per_class_and_seed_over_the_whole_query_set(smoke, roots, tmp_path, monkeypatch):
     import dataclasses
 

@@ -104,8 +104,9 @@ def test_vand_is_registered_zero_shot_and_few_shot_with_the_official_recipe():
     assert zero.recipe is few.recipe and zero.load is few.load is vand.load_official_checkpoint
     recipe = zero.recipe
     assert (recipe.training_split, recipe.require_masks) == ("test", True)  # like AnomalyCLIP: test split + masks
-    assert recipe.plan is methods.shuffled_batches and recipe.step is vand.batch_losses
-    assert recipe.save is vand.save_epoch_checkpoint
+    assert recipe.plan is vand.training_plan and recipe.items is vand.MosaicItems  # shuffled, with mosaics
+    assert recipe.step is vand.batch_losses and recipe.save is vand.save_epoch_checkpoint
+    assert recipe.for_dataset is vand.config_for_dataset  # train.sh: the run depends on the training set
     model = engine.build_model("vand", get_profile("smoke", quiet=True), device="cpu")
     optimizer = recipe.optimizer(model)
     assert isinstance(optimizer, torch.optim.Adam)

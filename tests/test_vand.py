@@ -1,13 +1,20 @@
-"""VAND (APRIL-GAN) composition: shapes, batch semantics, few-shot protocol, checkpoints."""
+"""VAND (APRIL-GAN) composition: shapes, batch semantics, few-shot protocol, checkpoints, training recipe."""
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from zsadlab.backbone import tiny_clip
+from zsadlab.data import AnomalyDataset, Sample, load_mask
 from zsadlab.errors import CheckpointError
 from zsadlab.vand import (
-    VAND, FewShotPredictor, VANDConfig, batch_losses, load_official_checkpoint, make_optimizer,
-    normalise_fewshot_scores, official_backbone, save_epoch_checkpoint, save_official_checkpoint,
+    VAND, FewShotPredictor, MosaicItems, VANDConfig, batch_losses, config_for_dataset, item_random,
+    load_official_checkpoint, make_optimizer, mosaic, normalise_fewshot_scores, official_backbone,
+    save_epoch_checkpoint, save_official_checkpoint, training_plan,
 )
 
 TINY = VANDConfig(features=(2, 4, 6, 8), image_size=112)
@@ -32,7 +39,8 @@ def test_defaults_are_the_paper_setup():
     config = VANDConfig()
     assert config.features == (6, 12, 18, 24) and config.memory_features == (6, 12, 18, 24)
     assert config.image_size == 518 and config.logit_scale == 100.0 and config.official_build
-    assert (config.epochs, config.batch_size) == (15, 64)  # train.sh, VisA run (for the MVTec AD rows)
+    assert config.batch_size == 8  # train.sh: --batch_size 8 in both runs
+    assert config.epochs is None and config.aug_rate is None  # chosen by the training set: config_for_dataset
 
 
 @pytest.mark.parametrize("size", [112, 140])
@@ -192,3 +200,122 @@ def test_the_checkpoint_loaders_share_one_helper_and_refuse_each_others_files(cl
     tiny = AnomalyCLIPConfig(features=(8,), dpam_blocks=5, image_size=112)
     one_line_error(lambda: anomalyclip.load_official_checkpoint(AnomalyCLIP(clip, tiny), vand_file),
                    "vand.pth", "prompt_learner")
+
+
+# --- the official recipe of the training set and the mosaic (train.sh, dataset.py combine_img) -----------------
+
+
+class Split:
+    """A stand-in for a training split: ``samples`` and a length, enough for the training plan."""
+
+    def __init__(self, samples):
+        self.samples = samples
+
+    def __len__(self):
+        return len(self.samples)
+
+
+def split_of(count, class_name="c", defects=("good",)):
+    return Split([Sample(Path(f"{class_name}/test/{defects[i % len(defects)]}/{i:04d}.png"), None, 0, class_name,
+                         defects[i % len(defects)]) for i in range(count)])
+
+
+def planner(aug_rate):
+    return SimpleNamespace(config=VANDConfig(aug_rate=aug_rate))
+
+
+def test_the_training_set_chooses_the_run_mvtec_3_epochs_with_mosaics_at_0_2_any_other_15_without(
+        marked_toy_set, synthetic_industrial_root):
+    def recipe(root, config=VANDConfig()):
+        chosen = config_for_dataset(config, AnomalyDataset(root, "test"))
+        return chosen.epochs, chosen.batch_size, chosen.aug_rate
+
+    assert recipe(marked_toy_set("mvtec")) == (3, 8, 0.2)  # train.sh: the MVTec AD run
+    assert recipe(marked_toy_set("visa")) == (15, 8, 0.0)  # train.sh: the VisA run
+    assert recipe(synthetic_industrial_root) == (15, 8, 0.0)  # every other set, synthetic ones included
+    assert recipe(marked_toy_set("mvtec"), VANDConfig(epochs=1)) == (1, 8, 0.2)  # a field given is kept
+    unmarked = marked_toy_set("mvtec")
+    (unmarked / ".zsadlab-prepared").unlink()
+    assert recipe(unmarked) == (3, 8, 0.2)  # an official folder named after the registry name
+    assert recipe(unmarked.rename(unmarked.with_name("my_parts"))) == (15, 8, 0.0)
+
+
+@pytest.mark.parametrize("images, steps", [(1725, 216), (2162, 271)])  # MVTec AD, VisA test splits (the training sets)
+def test_an_epoch_has_one_step_per_8_images_of_the_training_set(images, steps):
+    plan = training_plan(planner(0.2), split_of(images), VANDConfig().batch_size, seed=111)
+    assert len(plan) == steps and all(len(batch) == 8 for batch in plan[:-1])
+    assert sorted(index for batch in plan for index, _ in batch) == list(range(images))  # each image once
+
+
+def official_draw(root, class_name, rng, aug_rate):
+    """dataset.py's MVTecDataset.__getitem__ + combine_img, literally, over a sorted os.listdir."""
+    if not rng.random() < aug_rate:
+        return []
+    test, files = root / class_name / "test", []
+    for _ in range(4):
+        defect = rng.choice(sorted(os.listdir(test)))
+        files.append(test / defect / rng.choice(sorted(os.listdir(test / defect))))
+    return files
+
+
+def test_each_item_is_drawn_as_the_official_combine_img_from_its_own_seeded_stream(marked_toy_set):
+    root = marked_toy_set("mvtec")
+    data = AnomalyDataset(root, "test", require_masks=True)
+    drawn = 0
+    for seed in range(20):
+        for batch in training_plan(planner(0.2), data, 8, seed):
+            for index, tiles in batch:
+                sample = data.samples[index]
+                expected = official_draw(root, sample.class_name, item_random(seed, index), 0.2)
+                assert [data.samples[t].path for t in tiles] == expected
+                assert all(data.samples[t].class_name == sample.class_name for t in tiles)  # same class only
+                drawn += bool(tiles)
+    assert 0 < drawn < 20 * len(data)
+
+
+def test_mosaics_are_drawn_with_the_rate_and_the_same_for_any_batch_size_rank_or_worker():
+    split = split_of(2000, defects=("good", "crack", "hole"))
+    keys = {key for batch in training_plan(planner(0.2), split, 8, seed=3) for key in batch}
+    assert abs(sum(bool(tiles) for _, tiles in keys) / len(keys) - 0.2) < 0.04  # binomial: 3 sd = 0.027
+    assert keys == {key for batch in training_plan(planner(0.2), split, 2, seed=3) for key in batch}
+    assert keys != {key for batch in training_plan(planner(0.2), split, 8, seed=4) for key in batch}
+    for rate, share in ((0.0, 0), (None, 0), (1.0, 1)):
+        plan = training_plan(planner(rate), split, 8, seed=3)
+        assert {bool(tiles) for batch in plan for _, tiles in batch} == {bool(share)}
+
+
+def pasted(tiles, cell):
+    """combine_img's canvas, literally: Image.new of twice the first tile's size, Image.paste row by row."""
+    height, width = cell
+    canvas = Image.new("L", (2 * width, 2 * height))
+    for i, tile in enumerate(tiles):
+        canvas.paste(Image.fromarray(tile), ((i % 2) * width, (i // 2) * height))
+    return np.asarray(canvas)
+
+
+@pytest.mark.parametrize("sizes", [[(4, 6)] * 4, [(5, 7), (4, 6), (4, 6), (4, 6)], [(4, 6), (4, 6), (3, 2), (6, 9)]])
+def test_a_mosaic_tiles_four_images_row_by_row_at_the_first_ones_size_as_image_paste(sizes):
+    tiles = [np.full(size, 40 * (i + 1), np.uint8) for i, size in enumerate(sizes)]
+    np.testing.assert_array_equal(mosaic(tiles, sizes[0]), pasted(tiles, sizes[0]))
+    if len(set(sizes)) == 1:
+        np.testing.assert_array_equal(mosaic(tiles, sizes[0]), np.block([tiles[:2], tiles[2:]]))
+
+
+def test_a_mosaic_item_is_the_tiled_images_and_masks_through_the_datasets_transform(marked_toy_set):
+    root = marked_toy_set("mvtec")
+    data = AnomalyDataset(root, "test", image_size=16, require_masks=True)  # a mosaic of 8 px tiles: no resize
+    native = AnomalyDataset(root, "test", image_size=8)
+    crack = next(i for i, s in enumerate(data.samples) if s.defect == "crack" and s.class_name == "a")
+    good = next(i for i, s in enumerate(data.samples) if s.defect == "good" and s.class_name == "a")
+    tiles = (crack, good, good, crack)
+    item = MosaicItems(data)[(good, tiles)]
+    parts = [native[t] for t in tiles]
+    image = torch.cat([torch.cat([parts[0]["image"], parts[1]["image"]], 2),
+                       torch.cat([parts[2]["image"], parts[3]["image"]], 2)], 1)  # [3, 16, 16]
+    masks = [load_mask(data.samples[t].mask_path) if data.samples[t].mask_path else np.zeros((8, 8), np.uint8)
+             for t in tiles]
+    torch.testing.assert_close(item["image"], image, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(item["mask"].numpy(), np.block([masks[:2], masks[2:]]))
+    assert item["mask"][:8, :8].sum() > 0 and item["mask"][:8, 8:].sum() == 0  # the defect's mask in its tile
+    assert item["class_name"] == "a" and item["path"] == str(data.samples[good].path)  # the drawn item's, as official
+    assert torch.equal(MosaicItems(data)[(good, ())]["image"], data[good]["image"])  # no tiles: the item itself

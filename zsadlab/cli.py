@@ -231,7 +231,7 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     _add_common(train)
     train.add_argument("--dataset", help="registry name (default: the profile's training set)")
     train.add_argument("--data-root", default="data", help="where prepared datasets live")
-    train.add_argument("--epochs", type=int, help="default: the method's recipe in the profile")
+    train.add_argument("--epochs", type=int, help="default: the method's recipe (its profile and training set)")
     train.add_argument("--batch-size", type=int,
                        help="the global batch (split over the processes under torchrun); default: the recipe's")
     train.add_argument("--shots", type=int, help="few-shot methods: normal prompts per query (InCTRL: 2)")
