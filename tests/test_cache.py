@@ -57,3 +57,17 @@ def test_another_draw_of_a_synthetic_set_elsewhere_is_another_training(tmp_path)
     first = engine.dataset_for(model, ensure_dataset("synthetic_ultrasound", tmp_path / "a", seed=0), "test")
     other = engine.dataset_for(model, ensure_dataset("synthetic_ultrasound", tmp_path / "b", seed=1), "test")
     assert data_identity(first) != data_identity(other)
+
+
+def test_the_precision_is_part_of_the_training_key(tmp_path, monkeypatch):
+    from zsadlab.engine import cache
+
+    profile = get_profile("smoke", quiet=True)
+    model = engine.build_model("vand", profile, "cpu")
+    data = engine.dataset_for(model, ensure_dataset("synthetic_industrial", tmp_path / "data"), "test")
+    monkeypatch.setattr(cache, "train", lambda *args, **kwargs: {"epoch_total": []})
+    keys = {}
+    for precision in ("fp16", "fp32"):  # what the method's precision resolves to on CUDA with and without --amp
+        monkeypatch.setattr(cache, "precision_of", lambda model, device, amp, p=precision: p)
+        keys[precision] = load_or_train(model, data, tmp_path / "cache", epochs=1, progress=False).key
+    assert keys["fp16"] != keys["fp32"]

@@ -41,10 +41,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import losses as L
-from .backbone import block_tokens, freeze, grid_size, pooled_image_embedding
-from .errors import load_submodule_checkpoint
+from .backbone import Backbone, block_tokens, freeze, grid_size, pooled_image_embedding, tiny_backbone, tiny_image_size
+from .checkpoints import load_submodule_checkpoint
 from .fewshot import PromptedPredictor
 from .maps import anomaly_map, image_scores, similarity_logits
+from .methods import Method, Setup, clip_model_builder, learned_state, masked_test_split_recipe, register_method
 from .prompts import ensemble_sentences, mean_text_feature
 from .utils import save_torch_atomic
 
@@ -232,6 +233,10 @@ class VAND(nn.Module):
         self.clip.eval()  # the backbone never leaves eval mode
         return self
 
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What training changes (``methods.LearningModel``): the linear layers."""
+        return learned_state(self, CHECKPOINT_KEY)
+
     # --- image side ----------------------------------------------------------------------
     @torch.no_grad()
     def encode_image(self, x: torch.Tensor, blocks: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -324,7 +329,7 @@ class VAND(nn.Module):
         return {"focal": focal, "dice": dice, "total": (focal + dice).sum()}
 
 
-class FewShotPredictor(PromptedPredictor):
+class VANDFewShot(PromptedPredictor):
     """VAND few-shot with one fixed reference set per class, behind ``predict(x, class_names)``.
 
     Each class's references ``[k, 3, S, S]`` are encoded into a memory once
@@ -388,3 +393,23 @@ def save_official_checkpoint(model: VAND, path: str | Path) -> Path:
 def save_epoch_checkpoint(model: VAND, out_dir: str | Path, epoch: int) -> Path:
     """``out_dir/epoch_<epoch>.pth``, the official file name (train.py, ``--save_freq 1``)."""
     return save_official_checkpoint(model, Path(out_dir) / f"epoch_{epoch}.pth")
+
+
+# --- registration: one set of trained linear layers, used zero-shot and few-shot ---------------------
+
+RECIPE = masked_test_split_recipe(make_optimizer, batch_losses, save_epoch_checkpoint)  # official train.py
+
+SETUPS: dict[str, Setup] = {
+    # As its paper: ViT-L-14-336 at 518 px, blocks 6/12/18/24, the official model build.
+    "full": Setup(Backbone("ViT-L-14-336", "openai"), VANDConfig()),
+    "smoke": Setup(tiny_backbone("vit14-112"),
+                   VANDConfig(features=(2, 4, 6, 8), image_size=tiny_image_size("vit14-112"), epochs=1, batch_size=4),
+                   eval_batch_size=4),
+}
+
+# Official seed 111 (train.py); train.py and test.py run under torch.cuda.amp.autocast(): fp16 on CUDA.
+for _name, _fewshot in (("vand", {}),
+                        ("vand_fewshot", dict(with_prompts=VANDFewShot, class_scores=normalise_fewshot_scores))):
+    register_method(Method(name=_name, learns="heads", setups=SETUPS, config_class=VANDConfig, seed=111,
+                           build=clip_model_builder(VAND), load=load_official_checkpoint, recipe=RECIPE,
+                           precision="fp16", **_fewshot))
