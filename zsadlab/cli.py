@@ -26,7 +26,7 @@ from .data import ensure_dataset, fetch_raw, prepare, registry
 from .engine.prediction import check_prompts, check_set_size, user_images
 from .errors import InputError, UserError
 from .methods import get_method, method_names
-from .profiles import get_profile
+from .profiles import PROFILES, get_profile
 from .utils import OutputError, check_writable, pick_device
 
 Builder = Callable[[argparse._SubParsersAction], None]
@@ -101,7 +101,7 @@ def _refuse_non_positive(args: argparse.Namespace, *options: str) -> None:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="anomalyclip", choices=method_names(),
                    help="a registered method: anomalyclip, its presets and baselines, inctrl, ...")
-    p.add_argument("--profile", default="auto", choices=["auto", "full", "smoke"])
+    p.add_argument("--profile", default="auto", choices=["auto", *PROFILES])
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the method's official one)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
