@@ -181,7 +181,8 @@ class AnomalyCLIP(nn.Module):
         if self.config.text_source == "ensemble":
             name = class_name or "object"
             if name not in self._ensemble_cache:
-                self._ensemble_cache[name] = ensemble_text_features(self.clip, name)
+                # kept fp32 even when first computed under autocast (a later fp32 call can use it)
+                self._ensemble_cache[name] = ensemble_text_features(self.clip, name).float()
             return self._ensemble_cache[name].to(self.clip.visual.proj.device)
         name = None if self._class_independent else class_name
         if torch.is_grad_enabled():  # training: a fresh, differentiable forward
@@ -191,7 +192,8 @@ class AnomalyCLIP(nn.Module):
         key = (name, tuple(p._version for p in self.prompt_learner.parameters()))
         if key not in self._learned_cache:
             self._learned_cache.clear()
-            self._learned_cache[key] = self.prompt_learner.text_features(self.clip, name)
+            # kept fp32 even when first computed under autocast (a later fp32 call can use it)
+            self._learned_cache[key] = self.prompt_learner.text_features(self.clip, name).float()
         return self._learned_cache[key]
 
     # --- maps and scores ------------------------------------------------------------

@@ -279,7 +279,8 @@ class InCTRL(nn.Module):
         """
         device = self.clip.text_projection.device
         if class_name not in self._text_cache:
-            self._text_cache[class_name] = class_text_features(self.clip, class_name)
+            # kept fp32 even when first computed under autocast (a later fp32 call can use it)
+            self._text_cache[class_name] = class_text_features(self.clip, class_name).float()
         if self._text_cache[class_name].device != device:
             self._text_cache[class_name] = self._text_cache[class_name].to(device)
         return self._text_cache[class_name]

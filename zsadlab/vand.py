@@ -267,7 +267,8 @@ class VAND(nn.Module):
         device = self.clip.visual.proj.device
         for name in dict.fromkeys(names):
             if name not in self._text_cache:
-                self._text_cache[name] = vand_text_features(self.clip, name)
+                # kept fp32 even when first computed under autocast (a later fp32 call can use it)
+                self._text_cache[name] = vand_text_features(self.clip, name).float()
         text = torch.stack([self._text_cache[name].to(device) for name in names])  # [B, 2, D]
         return text[0] if isinstance(class_names, str) else text
 

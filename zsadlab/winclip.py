@@ -296,7 +296,8 @@ class WinCLIP(nn.Module):
         """``[2, D]`` raw [normal, anomalous] text embeddings of ``class_name``, cached per model."""
         device = self.clip.visual.proj.device
         if class_name not in self._text_cache:
-            self._text_cache[class_name] = class_text_embeddings(self.clip, class_name)
+            # kept fp32 even when first computed under autocast (a later fp32 call can use it)
+            self._text_cache[class_name] = class_text_embeddings(self.clip, class_name).float()
         self._text_cache[class_name] = self._text_cache[class_name].to(device)
         return self._text_cache[class_name]
 
