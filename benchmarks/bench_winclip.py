@@ -39,7 +39,7 @@ def looped_window_embeddings(visual, tokens, masks):
 
 def backbone(name: str):
     if name == "tiny":
-        return tiny_clip("inctrl")
+        return tiny_clip("vit16-240")
     return open_clip.create_model("ViT-B-16-plus-240", pretrained=None).float().eval()
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the offline real-data folder and small image/mask writers."""
+"""Shared fixtures: the tiny CLIP, the offline real-data folder and small image/mask writers."""
 from __future__ import annotations
 
 import os
@@ -19,6 +19,14 @@ def shared_data() -> Path:
     if not root.is_dir():
         pytest.skip(f"real sample data not found at {root} (set ZSADLAB_SHARED_DATA)")
     return root
+
+
+@pytest.fixture(scope="module")
+def clip():
+    """The tiny ViT-L-14-shaped CLIP of the smoke profile (seed 0), one per test module."""
+    from zsadlab.backbone import tiny_clip
+
+    return tiny_clip("vit14-112", seed=0)
 
 
 @pytest.fixture

@@ -3,14 +3,8 @@ import pytest
 import torch
 
 from zsadlab.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig, load_official_checkpoint, preset_config
-from zsadlab.backbone import tiny_clip
 
 TINY = AnomalyCLIPConfig(features=(2, 4, 6, 8), dpam_blocks=5, image_size=112)
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return tiny_clip("anomalyclip", seed=0)
 
 
 def test_presets_are_the_paper_baselines():

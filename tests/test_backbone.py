@@ -22,11 +22,6 @@ from zsadlab.backbone import (
 FIX = Path(__file__).resolve().parent / "fixtures" / "anomalyclip"
 
 
-@pytest.fixture(scope="module")
-def clip():
-    return tiny_clip("anomalyclip", seed=0)
-
-
 @pytest.mark.parametrize("blocks", [(1,), (2, 4, 6, 8), (3, 8)])
 def test_block_tokens_equal_open_clip_intermediates_at_native_size(clip, blocks):
     x = torch.randn(2, 3, 112, 112)
@@ -68,18 +63,26 @@ def test_openai_state_dict_gives_the_fixture_tokens():
     assert all(p.dtype == torch.float32 for p in clip.parameters())
 
 
-@pytest.mark.parametrize("kind", ["anomalyclip", "inctrl"])
+@pytest.mark.parametrize("kind", ["vit14-112", "vit16-240"])
 def test_tiny_models_are_identical_for_one_seed_and_differ_across_seeds(kind):
     a, b, c = tiny_clip(kind, seed=3), tiny_clip(kind, seed=3), tiny_clip(kind, seed=4)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.visual.proj, c.visual.proj)
 
 
+def test_tiny_models_are_named_by_architecture_and_the_former_method_names_still_build_them():
+    from zsadlab.backbone import TINY_CLIPS
+
+    assert sorted(TINY_CLIPS) == ["vit14-112", "vit16-240"]
+    for former, kind in (("anomalyclip", "vit14-112"), ("inctrl", "vit16-240")):
+        assert torch.equal(tiny_clip(former).visual.proj, tiny_clip(kind).visual.proj)
+
+
 def test_tiny_model_does_not_touch_the_global_rng():
     torch.manual_seed(0)
     expected = torch.rand(1)
     torch.manual_seed(0)
-    tiny_clip("anomalyclip", seed=9)
+    tiny_clip("vit14-112", seed=9)
     assert torch.equal(torch.rand(1), expected)
 
 
@@ -103,7 +106,7 @@ def test_missing_weights_offline_fail_fast_with_the_fix(monkeypatch, tmp_path):
 
 
 def test_local_weight_file_loads_and_a_wrong_one_is_named(tmp_path):
-    clip = tiny_clip("anomalyclip", seed=0)
+    clip = tiny_clip("vit14-112", seed=0)
     good = tmp_path / "weights.pt"
     torch.save(clip.state_dict(), good)
     with pytest.raises(ValueError, match="weights.pt"):
@@ -235,7 +238,7 @@ def test_each_model_finds_its_own_file_and_the_old_variable_feeds_vit_l_14_336_o
 def test_a_file_of_another_model_is_refused_naming_the_model_and_the_file(monkeypatch, tmp_path):
     folder = tmp_path / "weights"
     folder.mkdir()
-    torch.save(tiny_clip("inctrl", seed=0).state_dict(), folder / "ViT-B-32.pt")
+    torch.save(tiny_clip("vit16-240", seed=0).state_dict(), folder / "ViT-B-32.pt")
     monkeypatch.setenv("ZSADLAB_WEIGHTS_DIR", str(folder))
     with pytest.raises(ValueError) as err:
         load_clip("ViT-B-32", "openai", device="cpu")

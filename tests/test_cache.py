@@ -73,3 +73,17 @@ def test_the_recipe_the_training_set_chooses_is_in_the_key(marked_toy_set, monke
         model = engine.build_model("vand", profile, "cpu", epochs=None)
         keys.append(load_or_train(model, engine.dataset_for(model, root, "test"), root / "cache", progress=False).key)
     assert calls == [(3, 8, 0.2), (15, 8, 0.0)] and keys[0] != keys[1]
+
+
+def test_the_precision_is_part_of_the_training_key(tmp_path, monkeypatch):
+    from zsadlab.engine import cache
+
+    profile = get_profile("smoke", quiet=True)
+    model = engine.build_model("vand", profile, "cpu")
+    data = engine.dataset_for(model, ensure_dataset("synthetic_industrial", tmp_path / "data"), "test")
+    monkeypatch.setattr(cache, "train", lambda *args, **kwargs: {"epoch_total": []})
+    keys = {}
+    for precision in ("fp16", "fp32"):  # what the method's precision resolves to on CUDA with and without --amp
+        monkeypatch.setattr(cache, "precision_of", lambda model, device, amp, p=precision: p)
+        keys[precision] = load_or_train(model, data, tmp_path / "cache", epochs=1, progress=False).key
+    assert keys["fp16"] != keys["fp32"]

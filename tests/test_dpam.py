@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from zsadlab.backbone import block_tokens, tiny_clip
+from zsadlab.backbone import block_tokens
 from zsadlab.dpam import DPAM_MODES, attention_maps, dpam_tokens
 
 
 @pytest.fixture(scope="module")
-def visual():
-    return tiny_clip("anomalyclip", seed=0).visual
+def visual(clip):
+    return clip.visual
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ def test_smoke_train_one_epoch_then_zero_shot_on_ultrasound_in_under_two_minutes
     seed_everything(0)
     model = build_model("anomalyclip", smoke, device="cpu")
     history = train(model, dataset_for(model, roots["synthetic_industrial"], require_masks=True), epochs=1,
-                    batch_size=smoke.batch_size, out_dir=tmp_path / "run", progress=False)
+                    batch_size=smoke.config("anomalyclip").batch_size, out_dir=tmp_path / "run", progress=False)
     table = evaluate(model, dataset_for(model, roots["synthetic_ultrasound"]), progress=False)
     assert time.monotonic() - started < 120
     assert len(history["total"]) >= 1 and all(math.isfinite(v) for v in history["total"])
@@ -86,16 +86,13 @@ def test_result_table_prints_saves_and_ignores_undefined_cells(tmp_path):
 
 
 def test_inctrl_training_updates_only_heads_and_resumes(smoke, roots, tmp_path):
-    from zsadlab.engine import train_inctrl
-
     model = build_model("inctrl", smoke, device="cpu")
     clip_before = {k: v.clone() for k, v in model.clip.state_dict().items()}
     data = dataset_for(model, roots["synthetic_industrial"])
-    first = train_inctrl(model, data, epochs=1, steps_per_epoch=2, batch_size=4, out_dir=tmp_path, progress=False)
+    first = train(model, data, epochs=1, steps_per_epoch=2, batch_size=4, out_dir=tmp_path, progress=False)
     assert all(torch.equal(clip_before[k], v) for k, v in model.clip.state_dict().items())
     resumed = build_model("inctrl", smoke, device="cpu")
-    history = train_inctrl(resumed, data, epochs=2, steps_per_epoch=2, batch_size=4, out_dir=tmp_path,
-                           progress=False)
+    history = train(resumed, data, epochs=2, steps_per_epoch=2, batch_size=4, out_dir=tmp_path, progress=False)
     assert history["total"][:2] == first["total"] and len(history["epoch_total"]) == 2
     assert (tmp_path / "checkpoint_1.pyth").is_file() and (tmp_path / "checkpoint_2.pyth").is_file()
 
@@ -183,10 +180,23 @@ def test_the_run_folder_records_the_run_and_refuses_another(smoke, roots, tmp_pa
         train(model, data, epochs=2, out_dir=tmp_path, seed=3, max_steps_per_epoch=1, progress=False)
 
 
-def test_amp_is_off_unless_asked(smoke):
+def test_precision_follows_the_method_by_default_and_the_cpu_runs_fp32_saying_so_once(smoke, roots, tmp_path, capsys):
     import inspect
 
-    assert inspect.signature(train).parameters["amp"].default is False
+    from zsadlab.engine import building
+
+    assert inspect.signature(train).parameters["amp"].default is None  # None: the method's own precision
+    building._say_once.cache_clear()
+    vand, anomalyclip = build_model("vand", smoke, device="cpu"), build_model("anomalyclip", smoke, device="cpu")
+    assert building.precision_of(vand, "cpu") == building.precision_of(anomalyclip, "cpu", amp=True) == "fp32"
+    building.precision_of(vand, "cpu")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "fp16 autocast on CUDA" in line]
+    assert lines == ["zsadlab: vand would run fp16 autocast on CUDA; on cpu it runs fp32",
+                     "zsadlab: anomalyclip would run fp16 autocast on CUDA; on cpu it runs fp32"]
+    assert building.precision_of(anomalyclip, "cpu") == "fp32" and not capsys.readouterr().out
+    train(anomalyclip, dataset_for(anomalyclip, roots["synthetic_industrial"], require_masks=True), epochs=1,
+          out_dir=tmp_path, max_steps_per_epoch=1, progress=False)
+    assert '"precision": "fp32"' in (tmp_path / "run.json").read_text()
 
 
 def test_prompts_are_initialised_under_the_runs_seed_default_the_official_111(smoke):

@@ -21,7 +21,6 @@ import torch
 from open_clip.model import convert_weights_to_fp16
 
 from zsadlab.anomalyclip import AnomalyCLIP, load_official_checkpoint
-from zsadlab.engine import anomalyclip_config
 from zsadlab.inctrl import InCTRL, InCTRLConfig
 from zsadlab.profiles import PROFILES
 
@@ -90,7 +89,7 @@ def test_anomalyclip_at_full_size_predicts_trains_and_loads_the_official_checkpo
     clip = FULL.anomalyclip_backbone.build("cpu")
     assert clip.visual.conv1.weight.shape == (1024, 3, 14, 14) and len(clip.visual.transformer.resblocks) == 24
     assert all(p.dtype == torch.float32 for p in clip.parameters())
-    model = AnomalyCLIP(clip, anomalyclip_config(FULL)).eval()
+    model = AnomalyCLIP(clip, FULL.config("anomalyclip")).eval()
     size = FULL.anomalyclip_image_size
     assert size == 518
     torch.manual_seed(0)

@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zsadlab import inctrl
 from zsadlab.backbone import tiny_clip
+from zsadlab.engine import train_step
 from zsadlab.inctrl import (
     InCTRL,
     InCTRLConfig,
@@ -21,7 +23,6 @@ from zsadlab.inctrl import (
     official_state_dict,
     patch_residual_maps,
     save_checkpoint,
-    train_step,
 )
 from zsadlab.prompts import NORMAL_STATES, inctrl_prompt_texts
 
@@ -32,12 +33,17 @@ HEADS = ("adapter.", "diff_head.", "diff_head_ref.")
 def make_model(seed=0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return InCTRL(tiny_clip("inctrl", seed=seed))
+        return InCTRL(tiny_clip("vit16-240", seed=seed))
 
 
 @pytest.fixture(scope="module")
 def model():
     return make_model().eval()
+
+
+def batch(queries, prompts, labels=(0, 1, 1)):
+    """A collated training batch of "bottle" queries with their prompts, as the trainer's step reads it."""
+    return {"image": queries, "prompts": prompts, "class_name": ["bottle"] * len(queries), "label": torch.tensor(labels)}
 
 
 def images(n, seed):
@@ -249,9 +255,9 @@ def test_train_step_returns_the_losses_and_moves_the_trainable_weights(queries, 
     group = optimizer.param_groups[0]
     assert (group["lr"], group["weight_decay"], group["betas"], group["eps"]) == (1e-3, 0.01, (0.9, 0.999), 1e-8)
     before = {k: v.clone() for k, v in official_state_dict(model).items()}
-    losses = train_step(model, optimizer, queries, prompts, "bottle", torch.tensor([0, 1, 1]))
-    assert set(losses) == {"loss", "loss_final", "loss_image_residual"}
-    assert losses["loss"] == pytest.approx(losses["loss_final"] + losses["loss_image_residual"], rel=1e-6)
+    losses = train_step(model, optimizer, batch(queries, prompts), recipe=inctrl.RECIPE)
+    assert set(losses) == {"total", "loss_final", "loss_image_residual"}  # the trainer's history keys
+    assert losses["total"] == pytest.approx(losses["loss_final"] + losses["loss_image_residual"], rel=1e-6)
     after = official_state_dict(model)
     assert not torch.equal(after["adapter.fc.0.weight"], before["adapter.fc.0.weight"])
     assert not torch.equal(after["diff_head.bn2.running_mean"], before["diff_head.bn2.running_mean"])
@@ -296,7 +302,7 @@ def test_loading_clears_the_text_cache():
 
 def test_checkpoint_round_trip_in_official_format(tmp_path, queries, prompts):
     source = make_model(seed=0)
-    train_step(source, make_optimizer(source), queries, prompts, "bottle", torch.tensor([0, 1, 1]))
+    train_step(source, make_optimizer(source), batch(queries, prompts), recipe=inctrl.RECIPE)
     path = save_checkpoint(source, tmp_path / "inctrl.pyth", epoch=3)
     saved = torch.load(path, weights_only=True)
     assert saved["epoch"] == 3 and set(saved["model_state"]) == set(official_state_dict(source))

@@ -1,14 +1,16 @@
 """The method registry (zsadlab/methods.py): a new method is one entry; engine and CLI need no change."""
 import csv
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from zsadlab import cli, engine, methods
+from zsadlab import cli, engine, inctrl, methods
+from zsadlab.backbone import tiny_backbone
 from zsadlab.data import ensure_dataset
-from zsadlab.methods import Method, get_method, method_names, register_method
+from zsadlab.methods import Method, Setup, get_method, method_names, register_method
 from zsadlab.profiles import get_profile
 
 
@@ -35,8 +37,9 @@ def toy_methods():
     names = {"toy_brightness": True, "toy_scores_only": False}
     for name, with_maps in names.items():
         register_method(Method(name=name, learns="nothing", config_class=ToyConfig,
-                               build=lambda profile, device, seed, m=with_maps, **changes: Brightness(
-                                   ToyConfig(**changes), with_maps=m)))
+                               setups={"smoke": Setup(tiny_backbone("vit14-112"), ToyConfig())},
+                               build=lambda setup, device, seed, m=with_maps, **changes: Brightness(
+                                   dataclasses.replace(setup.config, **changes), with_maps=m)))
     yield list(names)
     for name in names:
         methods._REGISTRY.pop(name)
@@ -99,7 +102,7 @@ def test_vand_is_registered_zero_shot_and_few_shot_with_the_official_recipe():
 
     zero, few = get_method("vand"), get_method("vand_fewshot")
     assert zero.learns == few.learns == "heads" and zero.seed == few.seed == 111
-    assert not zero.few_shot and few.with_prompts is vand.FewShotPredictor
+    assert not zero.few_shot and few.with_prompts is vand.VANDFewShot
     assert zero.class_scores is None and few.class_scores is vand.normalise_fewshot_scores
     assert zero.recipe is few.recipe and zero.load is few.load is vand.load_official_checkpoint
     recipe = zero.recipe
@@ -124,7 +127,7 @@ def test_each_method_declares_the_official_test_transform_of_its_images():
 
 
 def test_inctrl_trains_on_the_official_inctrl_train_split_read_from_its_recipe(monkeypatch, data_root):
-    assert methods.INCTRL_RECIPE.training_split == "inctrl_train"
+    assert inctrl.RECIPE.training_split == "inctrl_train"
     seen = {}
 
     def record(model, dataset, *args, **kwargs):
@@ -135,3 +138,53 @@ def test_inctrl_trains_on_the_official_inctrl_train_split_read_from_its_recipe(m
     model = engine.build_model("inctrl", get_profile("smoke", quiet=True), device="cpu")
     engine.fit(model, data_root / "synthetic_ultrasound")
     assert seen == {"split": "inctrl_train", "labels": {0, 1}}  # normals and the test defects
+
+
+def test_precision_is_declared_per_method_vand_fp16_autocast_on_cuda_the_others_fp32():
+    from zsadlab.methods import run_precision
+
+    declared = {name: get_method(name).precision for name in method_names()}
+    assert declared.pop("vand") == declared.pop("vand_fewshot") == "fp16"  # official train.py / test.py autocast
+    assert set(declared.values()) == {"fp32"}  # AnomalyCLIP, its baselines, InCTRL, WinCLIP
+    for name in method_names():
+        spec = get_method(name)
+        assert run_precision(spec, "cuda") == spec.precision and run_precision(spec, "cuda:1") == spec.precision
+        assert run_precision(spec, "cuda", amp=True) == "fp16" and run_precision(spec, "cuda", amp=False) == "fp32"
+        assert {run_precision(spec, device, amp) for device in ("cpu", "mps") for amp in (None, True, False)} == {"fp32"}
+    with pytest.raises(ValueError, match="precision"):
+        Method(name="broken", learns="nothing", build=lambda *a, **k: None, precision="bf16")
+
+
+def test_the_registry_imports_no_method_and_the_package_imports_the_built_ins_once():
+    import ast
+    from pathlib import Path
+
+    import zsadlab
+
+    package = Path(zsadlab.__file__).parent
+    imported = {alias.name for node in ast.walk(ast.parse((package / "methods.py").read_text()))
+                if isinstance(node, ast.ImportFrom) for alias in node.names} | \
+               {node.module for node in ast.walk(ast.parse((package / "methods.py").read_text()))
+                if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {"anomalyclip", "inctrl", "vand", "winclip"}
+    lines = [line for line in (package / "__init__.py").read_text().splitlines() if line.startswith("from . import")]
+    assert len(lines) == 1 and all(name in lines[0] for name in ("anomalyclip", "inctrl", "vand", "winclip"))
+
+
+def test_each_method_declares_its_evaluation_batch_per_profile():
+    smoke = get_profile("smoke", quiet=True)
+    for name in ("anomalyclip", "inctrl", "vand", "winclip"):
+        model = engine.build_model(name, smoke, device="cpu")
+        assert engine.eval_batch_size(model) == get_method(name).setup("smoke").eval_batch_size == 4
+        assert get_method(name).setup("full").eval_batch_size == 8
+
+
+@pytest.mark.parametrize("first", ["zsadlab.methods", "zsadlab.profiles", "zsadlab.vand", "zsadlab.engine",
+                                   "zsadlab.cli"])
+def test_the_built_in_methods_are_registered_whichever_module_is_imported_first(first):
+    import subprocess
+    import sys
+
+    code = f"import {first}; from zsadlab.methods import method_names; print(' '.join(method_names()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert {"anomalyclip", "clip", "coop", "inctrl", "vand", "vand_fewshot", "winclip", "winclip_plus"} <= set(out)

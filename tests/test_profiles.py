@@ -1,7 +1,10 @@
 """Profiles choose backbones and sizes; ``auto`` falls back to smoke with a one-time banner."""
+from dataclasses import fields as dataclasses_fields
+
 import pytest
 
-from zsadlab.profiles import PROFILES, Backbone, get_profile
+from zsadlab.backbone import Backbone
+from zsadlab.profiles import PROFILES, get_profile
 
 
 def test_full_profile_is_the_published_setup_block_24_with_lam_4():
@@ -25,9 +28,30 @@ def test_smoke_profile_uses_the_final_block_of_its_tiny_backbone():
     assert smoke.config("anomalyclip").features == (depth,)
 
 
-def test_a_method_the_profile_does_not_set_up_is_named():
-    with pytest.raises(ValueError, match="no setup for 'patchcore'"):
+def test_an_unknown_method_or_one_without_a_setup_for_the_profile_is_named(monkeypatch):
+    import dataclasses
+
+    from zsadlab import methods
+
+    with pytest.raises(ValueError, match="unknown method 'patchcore'"):
         PROFILES["smoke"].config("patchcore")
+    only_full = dataclasses.replace(methods.get_method("clip"), name="clip_full_only",
+                                    setups={"full": methods.get_method("clip").setups["full"]})
+    monkeypatch.setitem(methods._REGISTRY, only_full.name, only_full)
+    with pytest.raises(ValueError, match="no setup for profile 'smoke'"):
+        PROFILES["smoke"].config("clip_full_only")
+
+
+def test_profiles_hold_no_method_setups_each_method_module_declares_its_own():
+    from zsadlab import anomalyclip, inctrl, methods, vand, winclip
+
+    assert set(f.name for f in dataclasses_fields(PROFILES["full"])) == {"name", "train_dataset", "test_dataset",
+                                                                         "meaningful"}
+    for module, names in ((anomalyclip, ["anomalyclip", "coop"]), (inctrl, ["inctrl"]), (vand, ["vand"]),
+                          (winclip, ["winclip"])):
+        for name in names:
+            assert set(module.SETUPS) == set(methods.get_method(name).setups) == {"full", "smoke"}
+    assert PROFILES["smoke"].config("anomalyclip") == anomalyclip.SETUPS["smoke"].config
 
 
 def test_auto_without_weights_is_smoke_and_says_so_once(monkeypatch, tmp_path, capsys):
@@ -72,7 +96,9 @@ def test_vand_runs_on_the_papers_setup_in_full_and_on_the_tiny_backbone_in_smoke
 def test_auto_is_full_only_when_both_full_backbones_have_weights(monkeypatch, capsys, present, expected, missing):
     from zsadlab import profiles
 
-    monkeypatch.setattr(profiles, "weights_available", lambda name, pretrained: name in present)
+    from zsadlab import backbone
+
+    monkeypatch.setattr(backbone, "weights_available", lambda name, pretrained: name in present)
     profiles._print_banner_once.cache_clear()
     profiles._print_once.cache_clear()
     assert get_profile("auto").name == expected

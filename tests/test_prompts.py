@@ -1,14 +1,8 @@
 """Prompts: the ensemble's sentences, and what the learnable prompt variants feed the text tower."""
-import pytest
 import torch
 
-from zsadlab.backbone import encode_text, tiny_clip, tokenize
+from zsadlab.backbone import encode_text, tokenize
 from zsadlab.prompts import PromptLearner, ensemble_sentences, inctrl_prompt_texts
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return tiny_clip("anomalyclip", seed=0)
 
 
 def test_ensemble_has_7x35_normal_and_5x35_abnormal_sentences_state_major():

@@ -8,21 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from zsadlab.backbone import tiny_clip
 from zsadlab.data import AnomalyDataset, Sample, load_mask
 from zsadlab.errors import CheckpointError
 from zsadlab.vand import (
-    VAND, FewShotPredictor, MosaicItems, VANDConfig, batch_losses, config_for_dataset, item_random,
+    VAND, MosaicItems, VANDConfig, VANDFewShot, batch_losses, config_for_dataset, item_random,
     load_official_checkpoint, make_optimizer, mosaic, normalise_fewshot_scores, official_backbone,
     save_epoch_checkpoint, save_official_checkpoint, training_plan,
 )
 
 TINY = VANDConfig(features=(2, 4, 6, 8), image_size=112)
-
-
-@pytest.fixture(scope="module")
-def clip():
-    return tiny_clip("anomalyclip", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +64,7 @@ def test_each_image_is_independent_of_its_batch_mates(model):
 def test_the_few_shot_predictor_uses_each_image_class_references(model):
     x = images(3)
     refs = {"bottle": images(2, seed=1), "screw": images(1, seed=2)}
-    predictor = FewShotPredictor(model, refs)
+    predictor = VANDFewShot(model, refs)
     scores, maps = predictor.predict(x, ["bottle", "screw", "bottle"])
     for i, name in enumerate(["bottle", "screw", "bottle"]):
         s, m = model.predict(x[i:i + 1], name, references=refs[name])

@@ -24,7 +24,7 @@ CLOSE = dict(atol=1e-5, rtol=0)
 
 @pytest.fixture(scope="module")
 def model():
-    return WinCLIP(tiny_clip("inctrl", seed=0), WinCLIPConfig())
+    return WinCLIP(tiny_clip("vit16-240", seed=0), WinCLIPConfig())
 
 
 def images(n, seed):

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from . import losses as L
-from .backbone import freeze, project_tokens
+from .backbone import Backbone, freeze, project_tokens, tiny_backbone, tiny_image_size
 from .dpam import check_mode, dpam_tokens
 from .maps import (
     TEMPERATURE,
@@ -43,8 +43,9 @@ from .maps import (
     similarity_logits,
     similarity_maps,
 )
+from .checkpoints import load_submodule_checkpoint
+from .methods import Method, Setup, clip_model_builder, learned_state, masked_test_split_recipe, register_method
 from .prompts import PromptLearner, ensemble_text_features
-from .errors import load_submodule_checkpoint
 from .utils import save_torch_atomic
 
 TEXT_SOURCES = ("learned", "ensemble")
@@ -142,6 +143,10 @@ class AnomalyCLIP(nn.Module):
         self.clip.eval()  # the backbone never leaves eval mode
         return self
 
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What training changes (``methods.LearningModel``): the prompt learner's state."""
+        return learned_state(self, "prompt_learner")
+
     # --- image side -----------------------------------------------------------------
     @torch.no_grad()
     def encode_image(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -176,7 +181,8 @@ class AnomalyCLIP(nn.Module):
         if self.config.text_source == "ensemble":
             name = class_name or "object"
             if name not in self._ensemble_cache:
-                self._ensemble_cache[name] = ensemble_text_features(self.clip, name)
+                # kept fp32 even when first computed under autocast (a later fp32 call can use it)
+                self._ensemble_cache[name] = ensemble_text_features(self.clip, name).float()
             return self._ensemble_cache[name].to(self.clip.visual.proj.device)
         name = None if self._class_independent else class_name
         if torch.is_grad_enabled():  # training: a fresh, differentiable forward
@@ -186,7 +192,8 @@ class AnomalyCLIP(nn.Module):
         key = (name, tuple(p._version for p in self.prompt_learner.parameters()))
         if key not in self._learned_cache:
             self._learned_cache.clear()
-            self._learned_cache[key] = self.prompt_learner.text_features(self.clip, name)
+            # kept fp32 even when first computed under autocast (a later fp32 call can use it)
+            self._learned_cache[key] = self.prompt_learner.text_features(self.clip, name).float()
         return self._learned_cache[key]
 
     # --- maps and scores ------------------------------------------------------------
@@ -262,3 +269,38 @@ def save_official_checkpoint(model: AnomalyCLIP, path: str | Path) -> Path:
 def save_epoch_checkpoint(model: AnomalyCLIP, out_dir: str | Path, epoch: int) -> Path:
     """``out_dir/epoch_<epoch>.pth``, the official file name (train.py, ``--save_freq 1``)."""
     return save_official_checkpoint(model, Path(out_dir) / f"epoch_{epoch}.pth")
+
+
+# --- registration: the method, its baselines and their per-profile setups -------------------------
+
+# What each preset learns: the hand-written-ensemble baselines learn nothing.
+PRESET_LEARNS = {"anomalyclip": "prompts", "anomalyclip_multilayer": "prompts", "coop": "prompts",
+                 "clip_ac": "nothing", "clip": "nothing"}
+
+RECIPE = masked_test_split_recipe(make_optimizer, batch_losses, save_epoch_checkpoint)  # official train.py
+
+# Per profile: the backbone and the base config every preset starts from.
+SETUPS: dict[str, Setup] = {
+    # The paper's setup (PROTOCOL.md): ViT-L-14-336 (OpenAI) at 518 px, block 24 with lam 4 (the published
+    # configuration), DPAM on the last 19 blocks, 15 epochs of 8.
+    "full": Setup(Backbone("ViT-L-14-336", "openai"), AnomalyCLIPConfig()),
+    # The fixtures' tiny ViT-L-14, random weights: same code paths, CPU, minutes.
+    "smoke": Setup(tiny_backbone("vit14-112"),
+                   AnomalyCLIPConfig(features=(8,), dpam_blocks=5, epochs=1, batch_size=4,
+                                     image_size=tiny_image_size("vit14-112")), eval_batch_size=4),
+}
+
+
+def preset_method(preset: str) -> Method:
+    """The registry entry of preset ``preset``: its config in every profile is the preset applied to
+    :data:`SETUPS`' (official seed 111: train.py ``--seed``; fp32, as the official code runs)."""
+    learning = PRESET_LEARNS[preset] != "nothing"
+    setups = {profile: dataclasses.replace(setup, config=preset_config(preset, setup.config))
+              for profile, setup in SETUPS.items()}
+    return Method(name=preset, learns=PRESET_LEARNS[preset], setups=setups, config_class=AnomalyCLIPConfig,
+                  seed=111, build=clip_model_builder(AnomalyCLIP),
+                  load=load_official_checkpoint if learning else None, recipe=RECIPE if learning else None)
+
+
+for _preset in PRESETS:
+    register_method(preset_method(_preset))

@@ -60,18 +60,19 @@ class TinyCLIPConfig:
     tokenizer: str = field(default="ViT-B-16")  # every CLIP BPE tokenizer is the same
 
 
+# Named by architecture (patch size - input size), never by the method that first used it.
 TINY_CLIPS: dict[str, TinyCLIPConfig] = {
     # fixtures/anomalyclip/FIXTURES.md §2: ViT 128 wide, 8 blocks, patch 14, 112 px;
-    # text 64 wide, 12 blocks, 1 head; QuickGELU as OpenAI's CLIP.
-    "anomalyclip": TinyCLIPConfig(
+    # text 64 wide, 12 blocks, 1 head; QuickGELU as OpenAI's CLIP (a tiny ViT-L-14).
+    "vit14-112": TinyCLIPConfig(
         embed_dim=64,
         vision=dict(image_size=112, layers=8, width=128, head_width=64, patch_size=14),
         text=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=12),
         quick_gelu=True,
     ),
     # fixtures/inctrl/FIXTURES.md §1: ViT 128 wide, 12 blocks, patch 16, 240 px
-    # (225 patches); text 64 wide, 12 blocks; exact GELU; joint dim 640 as the heads expect.
-    "inctrl": TinyCLIPConfig(
+    # (225 patches); text 64 wide, 12 blocks; exact GELU; joint dim 640 (a tiny ViT-B-16-plus-240).
+    "vit16-240": TinyCLIPConfig(
         embed_dim=640,
         vision=dict(image_size=240, layers=12, width=128, head_width=64, patch_size=16),
         text=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=12),
@@ -80,12 +81,18 @@ TINY_CLIPS: dict[str, TinyCLIPConfig] = {
 }
 
 
+# The names the tiny CLIPs had when they were named after a method (kept for code written against them).
+FORMER_TINY_NAMES = {"anomalyclip": "vit14-112", "inctrl": "vit16-240"}
+
+
 def tiny_clip(kind: str, seed: int = 0) -> CLIP:
     """A small random CLIP for the smoke profile, identical for identical ``seed``.
 
-    ``kind`` is a key of :data:`TINY_CLIPS` (``"anomalyclip"`` or ``"inctrl"``).
+    ``kind`` is a key of :data:`TINY_CLIPS` (``"vit14-112"`` or ``"vit16-240"``; the former
+    names ``"anomalyclip"`` / ``"inctrl"`` of :data:`FORMER_TINY_NAMES` are still accepted).
     The global RNG is left untouched (the draw happens in a forked RNG state).
     """
+    kind = FORMER_TINY_NAMES.get(kind, kind)
     if kind not in TINY_CLIPS:
         raise ValueError(f"unknown tiny CLIP {kind!r}; choose one of {sorted(TINY_CLIPS)}")
     cfg = TINY_CLIPS[kind]
@@ -527,3 +534,43 @@ def encode_text(clip: CLIP, tokens: torch.Tensor) -> torch.Tensor:
     """``[P, 77]`` token ids -> ``[P, D]`` unnormalised text features (open_clip ``encode_text``, truncated)."""
     tokens = tokens.to(clip.token_embedding.weight.device)
     return encode_text_embeddings(clip, clip.token_embedding(tokens), tokens.argmax(dim=-1))
+
+
+# ---------------------------------------------------------------------------
+# Which CLIP a method runs on
+# ---------------------------------------------------------------------------
+
+TINY_PREFIX = "tiny-"
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """Which CLIP to build: an open_clip ``name`` + ``pretrained`` tag, or ``tiny-<kind>`` with a seed."""
+
+    name: str
+    pretrained: str | None = None
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.name.startswith(TINY_PREFIX)
+
+    def build(self, device: str | torch.device | None = None, seed: int = 0):
+        """The CLIP model (fp32, eval mode) on ``device``."""
+        if self.is_tiny:
+            return tiny_clip(self.name[len(TINY_PREFIX):], seed=seed).to(device or "cpu")
+        return load_clip(self.name, self.pretrained, device=device)
+
+    def available(self) -> bool:
+        return self.is_tiny or weights_available(self.name, self.pretrained)
+
+
+def tiny_backbone(kind: str) -> Backbone:
+    """The smoke-profile :class:`Backbone` of tiny CLIP ``kind`` (a key of :data:`TINY_CLIPS`)."""
+    if kind not in TINY_CLIPS:
+        raise ValueError(f"unknown tiny CLIP {kind!r}; choose one of {sorted(TINY_CLIPS)}")
+    return Backbone(TINY_PREFIX + kind)
+
+
+def tiny_image_size(kind: str) -> int:
+    """The native input side (pixels) of tiny CLIP ``kind``."""
+    return TINY_CLIPS[kind].vision["image_size"]

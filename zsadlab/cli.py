@@ -23,10 +23,10 @@ import torch
 from . import engine, pretrained
 from .backbone import WeightsUnavailableError
 from .data import ensure_dataset, fetch_raw, prepare, registry
-from .engine.prediction import check_prompts, user_images
+from .engine.prediction import check_prompts, check_set_size, user_images
 from .errors import InputError, UserError
 from .methods import get_method, method_names
-from .profiles import get_profile
+from .profiles import PROFILES, get_profile
 from .utils import OutputError, check_writable, pick_device
 
 Builder = Callable[[argparse._SubParsersAction], None]
@@ -101,9 +101,12 @@ def _refuse_non_positive(args: argparse.Namespace, *options: str) -> None:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="anomalyclip", choices=method_names(),
                    help="a registered method: anomalyclip, its presets and baselines, inctrl, ...")
-    p.add_argument("--profile", default="auto", choices=["auto", "full", "smoke"])
+    p.add_argument("--profile", default="auto", choices=["auto", *PROFILES])
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the method's official one)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="CUDA fp16 autocast on (--amp) or off (--no-amp); default: as the method's official code "
+                        "(VAND fp16 autocast, the others fp32); CPU runs fp32")
 
 
 def checked_device(name: str | None) -> torch.device:
@@ -193,7 +196,7 @@ def _method_test(args: argparse.Namespace) -> int:
     profile, model = _model(args)
     _load_or_warn(model, args)
     root = ensure_dataset(args.dataset or profile.test_dataset, args.data_root)
-    table = engine.test(model, root, shots=args.shots or 4, seeds=args.seeds or [0], out_dir=args.out)
+    table = engine.test(model, root, shots=args.shots or 4, seeds=args.seeds or [0], out_dir=args.out, amp=args.amp)
     print(table)
     if args.out:
         print(f"saved {table.to_csv(Path(args.out) / 'results.csv')} and {table.to_json(Path(args.out) / 'results.json')}")
@@ -204,12 +207,13 @@ def _method_predict(args: argparse.Namespace) -> int:
     _refuse_fewshot_options(args, "--prompts")
     _refuse_unused_checkpoint(args)
     check_prompts(get_method(args.method), args.prompts)
-    user_images(args.images)  # the inputs and the output folder are checked before the model is built
+    images = user_images(args.images)  # the inputs and the output folder are checked before the model is built
+    check_set_size(get_method(args.method), len(images), " ".join(args.images))
     check_writable(args.out)
     profile, model = _model(args)
     _load_or_warn(model, args)
     written = engine.predict_images(model, args.images, out_dir=args.out, class_name=args.class_name,
-                                    prompts=args.prompts)
+                                    prompts=args.prompts, amp=args.amp)
     skipped = f"; {len(written['skipped'])} unreadable image(s) skipped (see its status column)" \
         if written["skipped"] else ""
     print(f"scores in {written['csv']}; {len(written['overlays'])} overlays in {args.out}{skipped}")
@@ -235,7 +239,6 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-size", type=int,
                        help="the global batch (split over the processes under torchrun); default: the recipe's")
     train.add_argument("--shots", type=int, help="few-shot methods: normal prompts per query (InCTRL: 2)")
-    train.add_argument("--amp", action="store_true", help="fp16 autocast on CUDA (a deviation: the official is fp32)")
     train.add_argument("--workers", type=int, default=None,
                        help="DataLoader worker processes (default: 4 on CUDA, 0 on CPU)")
     train.add_argument("--out", default="runs/train", help="run folder (resumes the run it holds)")

@@ -41,9 +41,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import fewshot
-from .backbone import block_tokens, freeze, grid_size, pooled_image_embedding
+from .backbone import Backbone, block_tokens, freeze, grid_size, pooled_image_embedding, tiny_backbone, tiny_image_size
+from .checkpoints import read_checkpoint
 from .data import collate
-from .errors import CheckpointError, read_checkpoint
+from .data.layout import INCTRL_TRAIN
+from .errors import CheckpointError
+from .methods import Method, Recipe, Setup, clip_model_builder, learned_state, register_method
 from .prompts import inctrl_prompt_texts, mean_text_feature
 from .utils import save_torch_atomic
 
@@ -233,6 +236,10 @@ class InCTRL(nn.Module):
         self.clip.eval()
         return self
 
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What training changes (``methods.LearningModel``): the three heads, BatchNorm statistics included."""
+        return learned_state(self, *(prefix.rstrip(".") for prefix in HEAD_PREFIXES))
+
     # -- backbone ---------------------------------------------------------------
 
     @torch.no_grad()
@@ -272,7 +279,8 @@ class InCTRL(nn.Module):
         """
         device = self.clip.text_projection.device
         if class_name not in self._text_cache:
-            self._text_cache[class_name] = class_text_features(self.clip, class_name)
+            # kept fp32 even when first computed under autocast (a later fp32 call can use it)
+            self._text_cache[class_name] = class_text_features(self.clip, class_name).float()
         if self._text_cache[class_name].device != device:
             self._text_cache[class_name] = self._text_cache[class_name].to(device)
         return self._text_cache[class_name]
@@ -389,19 +397,7 @@ def batch_losses(model: InCTRL, batch: dict) -> dict[str, torch.Tensor]:
     return {"total": sum(terms.values()), **terms}
 
 
-def train_step(model: InCTRL, optimizer: torch.optim.Optimizer, queries: torch.Tensor, prompts: torch.Tensor,
-               class_names: str | Sequence[str], labels: torch.Tensor) -> dict[str, float]:
-    """One optimisation step in train mode (BN batch statistics, needs ``B >= 2``); returns the losses."""
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    terms = model.loss_terms(model(queries, prompts, class_names), labels)
-    loss = sum(terms.values())  # = model.loss
-    loss.backward()
-    optimizer.step()
-    return {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
-
-
-class FewShotPredictor(fewshot.PromptedPredictor):
+class InCTRLFewShot(fewshot.PromptedPredictor):
     """InCTRL with one fixed prompt set per class, behind the engine's ``predict`` interface.
 
     ``predict(x, class_names)`` returns InCTRL's final score and its patch residual map,
@@ -490,3 +486,28 @@ def load_checkpoint(model: InCTRL, path: str | os.PathLike) -> InCTRL:
     except KeyError as err:
         raise CheckpointError(f"{path}: {err.args[0]}. Check the backbone and image size against the checkpoint.") \
             from None
+
+
+# ---------------------------------------------------------------------------
+# Registration: the method and its per-profile setups
+# ---------------------------------------------------------------------------
+
+# Training split: official gen_train_json.py, normals from train/good and test/good, anomalies from the test defects.
+RECIPE = Recipe(optimizer=make_optimizer, plan=training_plan, step=batch_losses, save=save_epoch_checkpoint,
+                items=PromptedQueries, collate=collate_prompted, training_split=INCTRL_TRAIN)
+
+SETUPS: dict[str, Setup] = {
+    # The paper's setup: ViT-B-16-plus-240 (LAION-400M e32) at 240 px, layers 7/9/11,
+    # 10 epochs of 100 balanced batches of 16.
+    "full": Setup(Backbone("ViT-B-16-plus-240", "laion400m_e32"), InCTRLConfig()),
+    "smoke": Setup(tiny_backbone("vit16-240"),
+                   InCTRLConfig(image_size=tiny_image_size("vit16-240"), epochs=1, batch_size=8, steps_per_epoch=6),
+                   eval_batch_size=4),
+}
+
+register_method(Method(
+    name="inctrl", learns="heads", setups=SETUPS, config_class=InCTRLConfig, seed=10,  # official cfg.RNG_SEED = 10
+    build=clip_model_builder(InCTRL), with_prompts=InCTRLFewShot, load=load_checkpoint, recipe=RECIPE,
+    resize="shorter_side_center_crop",  # official test transform: Resize(240) + CenterCrop(240)
+    precision="fp32",  # the official engine trains and tests without autocast
+))

@@ -3,7 +3,7 @@
     from zsadlab.notebook import start
     S = start(profile=profile, device=device, data_root=data_root, output_dir=output_dir, seed=seed, ...)
     model, run = S.trained("anomalyclip")                 # load-or-train through the run cache
-    table = engine.evaluate(model, S.dataset(S.test_name, model), batch_size=S.batch_size)
+    table = engine.evaluate(model, S.dataset(S.test_name, model))   # at the method's evaluation batch
     S.summary(table)
 
 :func:`start` returns a :class:`Session`: the profile, the device, the resolved paths, the seed,
@@ -59,11 +59,6 @@ class Session:
     def test_name(self) -> str:
         """The zero-shot target of the profile: VisA in full, synthetic_ultrasound in smoke."""
         return self.profile.test_dataset
-
-    @property
-    def batch_size(self) -> int:
-        """The evaluation batch (AnomalyCLIP's training batch of the profile)."""
-        return self.profile.config("anomalyclip").batch_size
 
     # --- models and data --------------------------------------------------------------------------
     def build(self, method: str, **changes):

@@ -1,90 +1,59 @@
 """Run profiles: ``full`` (real CLIP weights, real datasets, GPU) and ``smoke`` (tiny CPU models).
 
-A profile only *chooses* things: per method family a backbone and a config
-(image size, feature blocks, training recipe), and the default datasets. Both
-profiles run exactly the same code paths; the methods never branch on the profile.
-``auto`` picks ``full`` when the weights of both full backbones (ViT-L-14-336 and
-ViT-B-16-plus-240) are on disk and ``smoke`` otherwise, with a banner, printed once, that
-names the missing weights.
+A profile holds what is profile-wide: its datasets (auxiliary training set and zero-shot
+target) and whether its numbers mean anything. What it chooses *per method* - a backbone and
+a config (image size, feature blocks, training recipe) - is declared by each method module as
+its ``Setup`` for the profile's name (``Method.setups``); ``profile.config("inctrl")`` and
+``profile.backbone("inctrl")`` look it up in the registry. Both profiles run exactly the same
+code paths; the methods never branch on the profile. A new profile is one :data:`PROFILES`
+entry here plus one ``Setup`` per method module.
+``auto`` picks ``full`` when the weights of every full backbone are on disk and ``smoke``
+otherwise, with a banner, printed once, that names the missing weights.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Mapping
 
-import torch
-
-from .anomalyclip import AnomalyCLIPConfig
-from .backbone import TINY_CLIPS, load_clip, tiny_clip, weights_available
-from .inctrl import InCTRLConfig
-from .vand import VANDConfig
-from .winclip import BACKBONE as WINCLIP_BACKBONE, PRETRAINED as WINCLIP_PRETRAINED, WinCLIPConfig
-
-TINY_PREFIX = "tiny-"
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """Which CLIP to build: an open_clip ``name`` + ``pretrained`` tag, or ``tiny-<kind>`` with a seed."""
-
-    name: str
-    pretrained: str | None = None
-
-    @property
-    def is_tiny(self) -> bool:
-        return self.name.startswith(TINY_PREFIX)
-
-    def build(self, device: str | torch.device | None = None, seed: int = 0):
-        """The CLIP model (fp32, eval mode) on ``device``."""
-        if self.is_tiny:
-            return tiny_clip(self.name[len(TINY_PREFIX):], seed=seed).to(device or "cpu")
-        return load_clip(self.name, self.pretrained, device=device)
-
-    def available(self) -> bool:
-        return self.is_tiny or weights_available(self.name, self.pretrained)
-
-
-@dataclass(frozen=True)
-class MethodSetup:
-    """What a profile chooses for one method family: its backbone and its config (sizes, blocks, recipe)."""
-
-    backbone: Backbone
-    config: Any  # the method's config dataclass, e.g. AnomalyCLIPConfig
+from .backbone import Backbone
+from .methods import Setup, get_method, method_names
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Everything that differs between a real run and a CPU smoke run, chosen per method.
+    """Everything that differs between a real run and a CPU smoke run.
 
     ``profile.config("inctrl")`` is the InCTRL config at this profile's sizes and recipe,
-    ``profile.backbone("inctrl")`` its CLIP. No field belongs to two methods; AnomalyCLIP's
-    presets (clip, clip_ac, coop, ...) start from the ``"anomalyclip"`` setup.
+    ``profile.backbone("inctrl")`` its CLIP: the setup the method module declares for this
+    profile. No field belongs to a method.
     """
 
     name: str
-    setups: Mapping[str, MethodSetup]
     train_dataset: str
     test_dataset: str
     meaningful: bool  # are its numbers comparable with the papers?
 
-    def setup(self, method: str) -> MethodSetup:
-        if method not in self.setups:
-            raise ValueError(f"profile {self.name!r} has no setup for {method!r}; it has {sorted(self.setups)}")
-        return self.setups[method]
+    def setup(self, method: str) -> Setup:
+        """The :class:`~zsadlab.methods.Setup` registered ``method`` declares for this profile."""
+        return get_method(method).setup(self.name)
 
     def config(self, method: str):
-        """The config dataclass of ``method`` ("anomalyclip", "inctrl") at this profile's sizes and recipe."""
+        """The config dataclass of ``method`` ("anomalyclip", "inctrl", ...) at this profile's sizes and recipe."""
         return self.setup(method).config
 
     def backbone(self, method: str) -> Backbone:
         """The CLIP that ``method`` runs on in this profile."""
         return self.setup(method).backbone
 
+    @property
+    def setups(self) -> dict[str, Setup]:
+        """``{method: setup}`` of every registered method with a setup for this profile."""
+        return {name: get_method(name).setups[self.name] for name in method_names()
+                if self.name in get_method(name).setups}
+
     # Read-only aliases of the former flat fields, kept because the notebooks read them.
-    # ``epochs`` / ``batch_size`` are AnomalyCLIP's recipe: use ``config("inctrl")`` for InCTRL's.
+    # ``epochs`` is AnomalyCLIP's recipe: use ``config("inctrl")`` for InCTRL's.
     epochs = property(lambda self: self.config("anomalyclip").epochs)
-    batch_size = property(lambda self: self.config("anomalyclip").batch_size)
     anomalyclip_backbone = property(lambda self: self.backbone("anomalyclip"))
     anomalyclip_image_size = property(lambda self: self.config("anomalyclip").image_size)
     anomalyclip_features = property(lambda self: self.config("anomalyclip").features)
@@ -94,46 +63,11 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # The papers' setups (PROTOCOL.md): ViT-L-14-336 (OpenAI) at 518 px, block 24 with lam 4 (the published configuration),
-    # DPAM on the last 19 blocks, 15 epochs of 8; InCTRL on ViT-B-16-plus-240 (LAION-400M e32) at 240 px,
-    # layers 7/9/11, 10 epochs of 100 balanced batches of 16.
-    "full": Profile(
-        name="full",
-        setups={
-            "anomalyclip": MethodSetup(Backbone("ViT-L-14-336", "openai"), AnomalyCLIPConfig()),
-            "inctrl": MethodSetup(Backbone("ViT-B-16-plus-240", "laion400m_e32"), InCTRLConfig()),
-            "winclip": MethodSetup(Backbone(WINCLIP_BACKBONE, WINCLIP_PRETRAINED), WinCLIPConfig()),
-            # VAND (APRIL-GAN) as its paper: ViT-L-14-336 at 518 px, blocks 6/12/18/24, the official model build.
-            "vand": MethodSetup(Backbone("ViT-L-14-336", "openai"), VANDConfig()),
-        },
-        train_dataset="mvtec",
-        test_dataset="visa",
-        meaningful=True,
-    ),
-    # The fixtures' tiny architectures, random weights: same code paths, CPU, minutes.
-    "smoke": Profile(
-        name="smoke",
-        setups={
-            "anomalyclip": MethodSetup(
-                Backbone(TINY_PREFIX + "anomalyclip"),
-                AnomalyCLIPConfig(features=(8,), dpam_blocks=5, epochs=1, batch_size=4,
-                                  image_size=TINY_CLIPS["anomalyclip"].vision["image_size"])),
-            "inctrl": MethodSetup(
-                Backbone(TINY_PREFIX + "inctrl"),
-                InCTRLConfig(image_size=TINY_CLIPS["inctrl"].vision["image_size"], epochs=1, batch_size=8,
-                             steps_per_epoch=6)),
-            "winclip": MethodSetup(Backbone(TINY_PREFIX + "inctrl"),
-                                   WinCLIPConfig(image_size=TINY_CLIPS["inctrl"].vision["image_size"])),
-            "vand": MethodSetup(
-                Backbone(TINY_PREFIX + "anomalyclip"),
-                # batch 8 and the mosaic rate of the official run on the training set; one epoch, to stay fast
-                VANDConfig(features=(2, 4, 6, 8), image_size=TINY_CLIPS["anomalyclip"].vision["image_size"],
-                           epochs=1)),
-        },
-        train_dataset="synthetic_industrial",
-        test_dataset="synthetic_ultrasound",
-        meaningful=False,
-    ),
+    # The papers' setups (PROTOCOL.md; each method module's "full" Setup): MVTec AD -> VisA.
+    "full": Profile(name="full", train_dataset="mvtec", test_dataset="visa", meaningful=True),
+    # Tiny random CLIPs (each method module's "smoke" Setup), synthetic data: same code paths, CPU, minutes.
+    "smoke": Profile(name="smoke", train_dataset="synthetic_industrial", test_dataset="synthetic_ultrasound",
+                     meaningful=False),
 }
 
 SMOKE_BANNER = (
@@ -155,7 +89,7 @@ def _print_once(text: str) -> None:
 
 def missing_full_weights() -> list[Backbone]:
     """The full profile's backbones whose weights are not on this machine (each named once)."""
-    backbones = dict.fromkeys(setup.backbone for setup in PROFILES["full"].setups.values())
+    backbones = dict.fromkeys(setup.backbone for setup in PROFILES["full"].setups.values())  # each once, in order
     return [backbone for backbone in backbones if not backbone.available()]
 
 

@@ -42,12 +42,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import losses as L
-from .backbone import block_tokens, freeze, grid_size, pooled_image_embedding
+from .backbone import Backbone, block_tokens, freeze, grid_size, pooled_image_embedding, tiny_backbone, tiny_image_size
+from .checkpoints import load_submodule_checkpoint
 from .data import dataset_name, load_mask, load_rgb
 from .data.dataset import normalised_tensor, resized_mask, resized_rgb
-from .errors import load_submodule_checkpoint
 from .fewshot import PromptedPredictor
 from .maps import anomaly_map, image_scores, similarity_logits
+from .methods import (Method, Setup, clip_model_builder, learned_state, masked_test_split_recipe, register_method,
+                      shuffled_batches)
 from .prompts import ensemble_sentences, mean_text_feature
 from .utils import save_torch_atomic
 
@@ -238,6 +240,10 @@ class VAND(nn.Module):
         self.clip.eval()  # the backbone never leaves eval mode
         return self
 
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What training changes (``methods.LearningModel``): the linear layers."""
+        return learned_state(self, CHECKPOINT_KEY)
+
     # --- image side ----------------------------------------------------------------------
     @torch.no_grad()
     def encode_image(self, x: torch.Tensor, blocks: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -268,7 +274,8 @@ class VAND(nn.Module):
         device = self.clip.visual.proj.device
         for name in dict.fromkeys(names):
             if name not in self._text_cache:
-                self._text_cache[name] = vand_text_features(self.clip, name)
+                # kept fp32 even when first computed under autocast (a later fp32 call can use it)
+                self._text_cache[name] = vand_text_features(self.clip, name).float()
         text = torch.stack([self._text_cache[name].to(device) for name in names])  # [B, 2, D]
         return text[0] if isinstance(class_names, str) else text
 
@@ -330,7 +337,7 @@ class VAND(nn.Module):
         return {"focal": focal, "dice": dice, "total": (focal + dice).sum()}
 
 
-class FewShotPredictor(PromptedPredictor):
+class VANDFewShot(PromptedPredictor):
     """VAND few-shot with one fixed reference set per class, behind ``predict(x, class_names)``.
 
     Each class's references ``[k, 3, S, S]`` are encoded into a memory once
@@ -421,8 +428,6 @@ def training_plan(model: VAND, dataset, batch_size: int, seed: int) -> list[list
     """One epoch: the shuffled batches of ``shuffled_batches``, each key ``(index, tiles)`` with the
     item's :func:`mosaic_tiles` at ``config.aug_rate`` (drawn from :func:`item_random`), so that every
     rank and worker builds the same mosaic."""
-    from .methods import shuffled_batches  # until the registration lives in this module
-
     listing, rate = defect_folders(dataset.samples), model.config.aug_rate or 0.0
     return [[(index, mosaic_tiles(item_random(seed, index), listing[dataset.samples[index].class_name], rate))
              for index in batch] for batch in shuffled_batches(model, dataset, batch_size, seed)]
@@ -512,3 +517,26 @@ def save_official_checkpoint(model: VAND, path: str | Path) -> Path:
 def save_epoch_checkpoint(model: VAND, out_dir: str | Path, epoch: int) -> Path:
     """``out_dir/epoch_<epoch>.pth``, the official file name (train.py, ``--save_freq 1``)."""
     return save_official_checkpoint(model, Path(out_dir) / f"epoch_{epoch}.pth")
+
+
+# --- registration: one set of trained linear layers, used zero-shot and few-shot ---------------------
+
+# official train.py, with train.sh's choice by training set and dataset.py's mosaics (shuffled keys with their draw)
+RECIPE = dataclasses.replace(masked_test_split_recipe(make_optimizer, batch_losses, save_epoch_checkpoint),
+                             plan=training_plan, items=MosaicItems, for_dataset=config_for_dataset)
+
+SETUPS: dict[str, Setup] = {
+    # As its paper: ViT-L-14-336 at 518 px, blocks 6/12/18/24, the official model build.
+    "full": Setup(Backbone("ViT-L-14-336", "openai"), VANDConfig()),
+    "smoke": Setup(tiny_backbone("vit14-112"),
+                   # batch 8 and the mosaic rate of the official run on the training set; one epoch, to stay fast
+                   VANDConfig(features=(2, 4, 6, 8), image_size=tiny_image_size("vit14-112"), epochs=1),
+                   eval_batch_size=4),
+}
+
+# Official seed 111 (train.py); train.py and test.py run under torch.cuda.amp.autocast(): fp16 on CUDA.
+for _name, _fewshot in (("vand", {}),
+                        ("vand_fewshot", dict(with_prompts=VANDFewShot, class_scores=normalise_fewshot_scores))):
+    register_method(Method(name=_name, learns="heads", setups=SETUPS, config_class=VANDConfig, seed=111,
+                           build=clip_model_builder(VAND), load=load_official_checkpoint, recipe=RECIPE,
+                           precision="fp16", **_fewshot))

@@ -40,8 +40,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import embed_image, encode_text, freeze, grid_size, pooled_image_embedding, tokenize
+from .backbone import (
+    Backbone,
+    embed_image,
+    encode_text,
+    freeze,
+    grid_size,
+    pooled_image_embedding,
+    tiny_backbone,
+    tiny_image_size,
+    tokenize,
+)
 from .fewshot import PromptedPredictor
+from .methods import Method, Setup, clip_model_builder, register_method
 from .prompts import INCTRL_ABNORMAL_STATES, NORMAL_STATES, state_major_sentences
 
 BACKBONE = "ViT-B-16-plus-240"  # anomalib torch_model.py BACKBONE / PRETRAINED
@@ -285,7 +296,8 @@ class WinCLIP(nn.Module):
         """``[2, D]`` raw [normal, anomalous] text embeddings of ``class_name``, cached per model."""
         device = self.clip.visual.proj.device
         if class_name not in self._text_cache:
-            self._text_cache[class_name] = class_text_embeddings(self.clip, class_name)
+            # kept fp32 even when first computed under autocast (a later fp32 call can use it)
+            self._text_cache[class_name] = class_text_embeddings(self.clip, class_name).float()
         self._text_cache[class_name] = self._text_cache[class_name].to(device)
         return self._text_cache[class_name]
 
@@ -348,7 +360,7 @@ class WinCLIP(nn.Module):
         return out.score, maps.squeeze(1)
 
 
-class FewShotPredictor(PromptedPredictor):
+class WinCLIPPlus(PromptedPredictor):
     """WinCLIP+: WinCLIP with one set of normal reference images per class, whose features
     (patch tokens and window embeddings) are computed once and kept as the visual memory."""
 
@@ -358,3 +370,17 @@ class FewShotPredictor(PromptedPredictor):
     def predict_class(self, x: torch.Tensor, class_name: str,
                       memory: WinCLIPFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.predict(x, class_name, references=memory)
+
+
+# --- registration: WinCLIP (zero-shot) and WinCLIP+ (k normal references); training-free -------------
+
+SETUPS: dict[str, Setup] = {
+    "full": Setup(Backbone(BACKBONE, PRETRAINED), WinCLIPConfig()),
+    "smoke": Setup(tiny_backbone("vit16-240"), WinCLIPConfig(image_size=tiny_image_size("vit16-240")),
+                   eval_batch_size=4),
+}
+
+register_method(Method(name="winclip", learns="nothing", setups=SETUPS, config_class=WinCLIPConfig,
+                       build=clip_model_builder(WinCLIP)))
+register_method(Method(name="winclip_plus", learns="nothing", setups=SETUPS, config_class=WinCLIPConfig,
+                       build=clip_model_builder(WinCLIP), with_prompts=WinCLIPPlus))

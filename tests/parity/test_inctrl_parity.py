@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from zsadlab import inctrl
 from zsadlab.backbone import encode_text, tiny_clip, tokenize
+from zsadlab.engine import train_step
 from zsadlab.inctrl import (
     InCTRL,
     InCTRLConfig,
@@ -18,7 +20,6 @@ from zsadlab.inctrl import (
     make_optimizer,
     official_state_dict,
     text_logits,
-    train_step,
 )
 from zsadlab.prompts import inctrl_prompt_texts
 
@@ -66,7 +67,7 @@ def train_golden():
 
 def fresh_model():
     """The tiny backbone of FIXTURES §1 with the official initial weights (``state_init.npz``)."""
-    model = InCTRL(tiny_clip("inctrl"), InCTRLConfig(layers=(7, 9, 11)))
+    model = InCTRL(tiny_clip("vit16-240"), InCTRLConfig(layers=(7, 9, 11)))
     return load_official_state_dict(model, npz("state_init"))
 
 
@@ -227,8 +228,10 @@ def test_train_mode_forward_and_losses(inputs, train_golden):
 def test_one_adamw_step_updates_exactly_the_official_parameters_and_buffers(inputs, train_golden):
     model = fresh_model()
     before = {k: v.clone() for k, v in official_state_dict(model).items()}
-    losses = train_step(model, make_optimizer(model), *training_batch(inputs))
-    assert losses["loss"] == pytest.approx(float(train_golden["fixedlayout/loss"]), abs=LOSS["atol"])
+    queries, prompts, names, labels = training_batch(inputs)
+    batch = {"image": queries, "prompts": prompts, "class_name": names, "label": labels}
+    losses = train_step(model, make_optimizer(model), batch, recipe=inctrl.RECIPE)  # the one trainer's step
+    assert losses["total"] == pytest.approx(float(train_golden["fixedlayout/loss"]), abs=LOSS["atol"])
 
     after = official_state_dict(model)
     updated = {k.split("/", 2)[2] for k in train_golden.files if k.startswith("fixedlayout/state/")}

@@ -57,7 +57,7 @@ def inputs():
 
 @pytest.fixture(scope="module")
 def model():
-    clip = tiny_clip("inctrl")
+    clip = tiny_clip("vit16-240")
     state = np.load(FIXTURES / "inctrl" / "state_init.npz")
     weights = {k: t(state[k]).float() for k in state.files if not k.startswith(("adapter.", "diff_head"))}
     missing, unexpected = clip.load_state_dict(weights, strict=False)

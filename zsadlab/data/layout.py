@@ -30,7 +30,10 @@ from .errors import DatasetError
 from .images import image_files
 
 SPLITS = ("train", "test")  # the folders on disk
-INCTRL_TRAIN = "inctrl_train"  # a split to load: InCTRL's training pool (see :func:`samples`)
+INCTRL_TRAIN = "inctrl_train"  # a split to load: InCTRL's training pool (see :data:`POOLED_SPLITS`)
+# Splits that are no folder but the union of on-disk splits, declared here (read by :func:`samples`):
+# InCTRL's training pool (datasets/preprocess/gen_train_json.py) is every image of both splits.
+POOLED_SPLITS: dict[str, tuple[str, ...]] = {INCTRL_TRAIN: SPLITS}
 NORMAL = "good"
 META_FILE = "meta.json"
 
@@ -147,16 +150,16 @@ def meta_samples(root: Path, meta: dict, split: str) -> list[Sample]:
 def samples(root: str | Path, split: str) -> list[Sample]:
     """Samples of ``split`` under ``root``, from ``meta.json`` when present, else from the folders.
 
-    ``split`` is ``"train"``, ``"test"`` or ``INCTRL_TRAIN``: InCTRL's training pool
-    (``datasets/preprocess/gen_train_json.py``), i.e. the normals of ``train/good`` and
-    ``test/good`` and the anomalies of the test defects -- every image of both splits.
-    Raises :class:`DatasetError` for an unknown split or a folder in neither format.
+    ``split`` is ``"train"``, ``"test"`` or a key of :data:`POOLED_SPLITS`, the union of its
+    splits in order (``INCTRL_TRAIN``: the normals of ``train/good`` and ``test/good`` and the
+    anomalies of the test defects). Raises :class:`DatasetError` for an unknown split or a
+    folder in neither format.
     """
     root = Path(root)
-    if split == INCTRL_TRAIN:
-        return samples(root, "train") + samples(root, "test")
+    if split in POOLED_SPLITS:
+        return [sample for part in POOLED_SPLITS[split] for sample in samples(root, part)]
     if split not in SPLITS:
-        raise DatasetError(f"unknown split {split!r}: use one of {SPLITS + (INCTRL_TRAIN,)}.")
+        raise DatasetError(f"unknown split {split!r}: use one of {SPLITS + tuple(POOLED_SPLITS)}.")
     if (root / META_FILE).is_file():
         return meta_samples(root, read_meta(root), split)
     if not layout_classes(root):

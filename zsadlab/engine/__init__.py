@@ -3,16 +3,15 @@
 * :mod:`.building` - :func:`build_model` (a registered method on a profile), :func:`dataset_for`,
   :func:`load_checkpoint`;
 * :mod:`.training` - :func:`train` / :func:`fit`, the one trainer for every learning method
-  (seeded plan, progress bar, resume, atomic official checkpoints, AMP only when asked, DDP
-  under torchrun);
+  (seeded plan, progress bar, resume, atomic official checkpoints, each method's precision, DDP
+  under torchrun), :func:`train_step` (one optimisation step of it);
 * :mod:`.evaluation` - :func:`predict_dataset`, :func:`evaluate`, :class:`ResultTable`,
   :func:`evaluate_fewshot`, :func:`test`;
 * :mod:`.prediction` - :func:`predict_images` for the user's own images.
 
 Methods are looked up in :mod:`zsadlab.methods` only.
 """
-from ..inctrl import FewShotPredictor
-from .building import anomalyclip_config, build_model, dataset_for, load_checkpoint, method_of
+from .building import build_model, dataset_for, eval_batch_size, load_checkpoint, method_of, precision_of
 from .evaluation import (
     FEWSHOT_METRICS,
     METRIC_COLUMNS,
@@ -29,12 +28,11 @@ from .evaluation import (
     test,
 )
 from .prediction import predict_images
-from .training import completed_epochs, configure_for, fit, is_main_process, run_record, train, train_inctrl
+from .training import completed_epochs, configure_for, fit, is_main_process, run_record, train, train_step
 
 __all__ = [
-    "FEWSHOT_METRICS", "METRIC_COLUMNS", "FewShotPredictor", "ResultTable", "anomalyclip_config", "build_model",
-    "class_metrics", "class_predictions", "completed_epochs", "configure_for", "dataset_for", "evaluate",
-    "evaluate_fewshot", "fewshot_prompts", "fit",
-    "is_main_process", "load_checkpoint", "load_or_sample_prompt_set", "method_of", "pixel_inputs", "predict_dataset",
-    "predict_images", "prompt_set_path", "run_record", "test", "train", "train_inctrl",
+    "FEWSHOT_METRICS", "METRIC_COLUMNS", "ResultTable", "build_model", "class_metrics", "class_predictions",
+    "completed_epochs", "configure_for", "dataset_for", "eval_batch_size", "evaluate", "evaluate_fewshot", "fewshot_prompts", "fit",
+    "is_main_process", "load_checkpoint", "load_or_sample_prompt_set", "method_of", "pixel_inputs", "precision_of",
+    "predict_dataset", "predict_images", "prompt_set_path", "run_record", "test", "train", "train_step",
 ]

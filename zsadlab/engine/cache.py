@@ -2,8 +2,9 @@
 
 A training is identified by everything that decides its result: the method, its config, the
 training data (the dataset's folder, split and the exact list of images with their sizes, so a
-budget subset or another draw of a synthetic set is a different run), the seed, the epochs, the global batch and the step budget. :func:`training_key`
-turns that into a short digest and :func:`load_or_train` runs the one trainer (``engine.train``)
+budget subset or another draw of a synthetic set is a different run), the seed, the epochs, the global batch,
+the step budget and the precision (``Method.precision`` on the model's device: fp16 autocast or fp32).
+:func:`training_key` turns that into a short digest and :func:`load_or_train` runs the one trainer (``engine.train``)
 in ``<cache>/<method>-<digest>/``: a finished run is loaded from its resume state instead of
 trained again, an interrupted one resumes after its last completed epoch.
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils import write_json_atomic
-from .building import method_of
+from .building import device_of, method_of, precision_of
 from .training import completed_epochs, configure_for, train
 
 TRAININGS_LOG_ENV = "ZSADLAB_TRAININGS_LOG"
@@ -85,7 +86,7 @@ def log_request(key: str, action: str) -> None:
 
 def load_or_train(model, dataset, cache_dir: str | Path, epochs: int | None = None, batch_size: int | None = None,
                   seed: int | None = None, max_steps_per_epoch: int | None = None, progress: bool = True,
-                  **plan_options) -> CachedRun:
+                  amp: bool | None = None, **plan_options) -> CachedRun:
     """Train ``model`` on ``dataset`` with :func:`engine.train`, unless this exact training is in the cache.
 
     ``None`` arguments take the method's official values (as :func:`engine.train`). The model
@@ -97,11 +98,13 @@ def load_or_train(model, dataset, cache_dir: str | Path, epochs: int | None = No
     epochs = epochs or model.config.epochs
     batch_size = batch_size or model.config.batch_size
     seed = spec.seed if seed is None else seed
+    precision = precision_of(model, device_of(model), amp)
     key = training_key(method=spec.name, config=model.config, data=data_identity(dataset), seed=seed, epochs=epochs,
-                       batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch, options=plan_options)
+                       batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch, precision=precision,
+                       options=plan_options)
     folder = Path(cache_dir) / f"{spec.name}-{key}"
     action = "reused" if completed_epochs(folder) >= epochs else "trained"
-    history = train(model, dataset, epochs, batch_size, out_dir=folder, resume=True, seed=seed,
+    history = train(model, dataset, epochs, batch_size, out_dir=folder, resume=True, seed=seed, amp=amp,
                     max_steps_per_epoch=max_steps_per_epoch, progress=progress, **plan_options)
     log_request(key, action)
     return CachedRun(key, folder, history, action)

@@ -1,7 +1,8 @@
 """Predictions over a dataset, per-class result tables and the few-shot evaluation protocol.
 
-* :func:`predict_dataset` - scores and maps of every image of a dataset;
-  :func:`class_predictions` - the same, one class at a time;
+* :func:`predict_dataset` - scores and maps of every image of a dataset, at the method's
+  evaluation batch and precision; a transductive method gets each class's whole test set in one
+  call (:func:`prediction_batches`); :func:`class_predictions` - the same, one class at a time;
 * :func:`evaluate` - the zero-shot table: metrics (chosen by name from
   :data:`zsadlab.metrics.METRICS`) per class, then their mean;
 * :func:`evaluate_fewshot` - the few-shot table: per class, image metrics as the mean and
@@ -30,10 +31,10 @@ from tqdm.auto import tqdm
 
 from .. import fewshot
 from ..data import AnomalyDataset, DatasetError, collate
-from ..errors import UserError
+from ..errors import InputError, UserError
 from ..metrics import UndefinedMetricError, get_metric
 from ..utils import pick_device, write_json_atomic, write_text_atomic
-from .building import dataset_for, device_of, method_of
+from .building import autocast, dataset_for, device_of, eval_batch_size, method_of, precision_of, registered_method
 
 METRIC_COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro_mvtec", "aupro_anomalyclip")
 FEWSHOT_METRICS = ("image_auroc", "image_ap")
@@ -42,50 +43,74 @@ FEWSHOT_METRICS = ("image_auroc", "image_ap")
 # --- predictions ----------------------------------------------------------------------------
 
 
+def prediction_batches(model, dataset: AnomalyDataset, batch_size: int | None) -> list[list[int]]:
+    """The index batches ``model`` is called on: ``batch_size`` images at a time (default: its
+    evaluation batch), or for a transductive method one batch per class holding the class's whole
+    test set (:class:`~zsadlab.methods.AnomalyModel`), refused with one line below its ``min_images``."""
+    spec = registered_method(model)
+    if spec is None or not spec.transductive:
+        size = batch_size or eval_batch_size(model)
+        return [list(range(i, min(i + size, len(dataset)))) for i in range(0, len(dataset), size)]
+    names = [sample.class_name for sample in dataset.samples]
+    sets = [[i for i, n in enumerate(names) if n == name] for name in dict.fromkeys(names)]
+    small = [(names[rows[0]], len(rows)) for rows in sets if len(rows) < spec.min_images]
+    if small:
+        raise InputError(f"{spec.name} scores each class's test set as a whole and needs at least {spec.min_images} "
+                         f"images per class; {dataset.root} has {small[0][1]} of class {small[0][0]!r}")
+    return sets
+
+
 @torch.no_grad()
-def predict_dataset(model, dataset: AnomalyDataset, batch_size: int = 8, device=None,
-                    progress: bool = True) -> dict:
+def predict_dataset(model, dataset: AnomalyDataset, batch_size: int | None = None, device=None,
+                    progress: bool = True, amp: bool | None = None) -> dict:
     """Scores and maps of every image: ``scores`` [N], ``maps`` [N, S, S] float32 (``None`` for a
     model without maps), ``masks`` [N, S, S] uint8, ``has_mask`` [N], ``labels`` [N],
-    ``class_names``, ``paths`` (lists).
+    ``class_names``, ``paths`` (lists), in the dataset's order.
 
-    Each batch is written into arrays allocated once for the N images, so the maps are held once
-    (never as batches plus their concatenation).
+    Batches of ``batch_size`` (default: the method's evaluation batch of its profile), or one class's
+    whole test set per call for a transductive method (:func:`prediction_batches`); at the method's
+    precision (:func:`~zsadlab.engine.building.precision_of`, ``amp`` overrides it on CUDA). Each batch
+    is written into arrays allocated once for the N images, so the maps are held once (never as
+    batches plus their concatenation).
     """
     device = pick_device(device) if device is not None else device_of(model)
+    precision = precision_of(model, device, amp)
     model.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    loader = DataLoader(dataset, batch_sampler=prediction_batches(model, dataset, batch_size), collate_fn=collate)
     n = len(dataset)
     pred = {"scores": np.empty(n, np.float32), "maps": None, "masks": None, "has_mask": np.empty(n, bool),
-            "labels": np.empty(n, np.int64), "class_names": [], "paths": []}
-    with_maps, start = True, 0
-    for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
-        scores, maps = model.predict(batch["image"].to(device), batch["class_name"])
-        end = start + len(scores)
-        if start == 0:
+            "labels": np.empty(n, np.int64), "class_names": [None] * n, "paths": [None] * n}
+    with_maps, first = True, True
+    for rows, batch in tqdm(zip(loader.batch_sampler, loader), total=len(loader), desc="predict",
+                            disable=not progress, leave=False):
+        with autocast(precision, device):
+            scores, maps = model.predict(batch["image"].to(device), batch["class_name"])
+        if first:
             pred["masks"] = np.empty((n, *batch["mask"].shape[1:]), np.uint8)  # [N, S, S]
             if maps is not None:
                 pred["maps"] = np.empty((n, *maps.shape[1:]), np.float32)  # [N, S, S]
+            first = False
         with_maps = with_maps and maps is not None
         if with_maps:
-            pred["maps"][start:end] = maps.float().cpu().numpy()
-        pred["scores"][start:end] = scores.float().cpu().numpy()
-        pred["masks"][start:end] = batch["mask"].numpy()
-        pred["has_mask"][start:end] = batch["has_mask"].numpy()
-        pred["labels"][start:end] = batch["label"].numpy()
-        pred["class_names"] += batch["class_name"]
-        pred["paths"] += batch["path"]
-        start = end
+            pred["maps"][rows] = maps.float().cpu().numpy()
+        pred["scores"][rows] = scores.float().cpu().numpy()
+        pred["masks"][rows] = batch["mask"].numpy()
+        pred["has_mask"][rows] = batch["has_mask"].numpy()
+        pred["labels"][rows] = batch["label"].numpy()
+        for i, name, path in zip(rows, batch["class_name"], batch["path"]):
+            pred["class_names"][i], pred["paths"][i] = name, path
     if not with_maps:
         pred["maps"] = None
     return pred
 
 
-def class_predictions(model, dataset: AnomalyDataset, batch_size: int = 8, device=None, progress: bool = True):
+def class_predictions(model, dataset: AnomalyDataset, batch_size: int | None = None, device=None,
+                      progress: bool = True, amp: bool | None = None):
     """``(class name, predictions of that class)`` for each class in turn: the way to go over a
     dataset holding one class's maps at a time (what :func:`evaluate` does)."""
     for class_name in tqdm(dataset.classes, desc="classes", disable=not progress, leave=False):
-        yield class_name, predict_dataset(model, dataset.subset(class_name), batch_size, device, progress=False)
+        yield class_name, predict_dataset(model, dataset.subset(class_name), batch_size, device, progress=False,
+                                          amp=amp)
 
 
 # --- metrics and tables -----------------------------------------------------------------------
@@ -181,14 +206,15 @@ class ResultTable:
                                   "covered": {c: self.covered(c) for c in self.columns}}, path)
 
 
-def evaluate(model, dataset: AnomalyDataset, batch_size: int = 8, device=None, progress: bool = True,
-             columns: Sequence[str] = METRIC_COLUMNS) -> ResultTable:
+def evaluate(model, dataset: AnomalyDataset, batch_size: int | None = None, device=None, progress: bool = True,
+             columns: Sequence[str] = METRIC_COLUMNS, amp: bool | None = None) -> ResultTable:
     """Per-class table over ``dataset`` (official protocol: metrics per class, then the mean).
 
     Memory: one class's maps at a time (:func:`class_predictions`); pixels are pooled within a
-    class, as the official per-class metrics are, never across the dataset."""
+    class, as the official per-class metrics are, never across the dataset. ``batch_size``: default
+    the method's evaluation batch; ``amp``: see :func:`predict_dataset`."""
     table = ResultTable(columns=tuple(columns))
-    for class_name, pred in class_predictions(model, dataset, batch_size, device, progress):
+    for class_name, pred in class_predictions(model, dataset, batch_size, device, progress, amp):
         table.rows.append({"class": class_name, **class_metrics(pred, columns)})
         del pred  # one class's maps at a time: free these before the next class is predicted
     return table
@@ -250,8 +276,8 @@ def class_scored(spec, pred: dict) -> dict:
 
 def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset | None = None, shots: int = 4,
                      seeds: Sequence[int] = (0,), prompt_dir: str | Path = "runs/prompts",
-                     dataset_name: str | None = None, batch_size: int = 8, progress: bool = True,
-                     columns: Sequence[str] = FEWSHOT_METRICS) -> ResultTable:
+                     dataset_name: str | None = None, batch_size: int | None = None, progress: bool = True,
+                     columns: Sequence[str] = FEWSHOT_METRICS, amp: bool | None = None) -> ResultTable:
     """Few-shot table: per class, each image metric as the mean (and ``<name>_std``) over prompt seeds.
 
     For each (class, seed) one set of ``shots`` normal images is drawn from ``support`` (the
@@ -269,8 +295,8 @@ def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset | N
         for seed in seeds:
             prompts, paths = fewshot_prompts(support or dataset, class_name, shots, seed, prompt_dir, dataset_name)
             queries = dataset.subset(class_name).excluding(paths if support is None else [])
-            pred = class_scored(spec, predict_dataset(spec.with_prompts(model, {class_name: prompts}), queries,
-                                                      batch_size, progress=False))
+            predictor = spec.with_prompts(model, {class_name: prompts})
+            pred = class_scored(spec, predict_dataset(predictor, queries, batch_size, progress=False, amp=amp))
             per_seed.append([metric_value(name, pred) for name in columns])
         values = np.array(per_seed)  # [seeds, metrics]
         row = {"class": class_name}
@@ -280,17 +306,18 @@ def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset | N
     return table
 
 
-def test(model, root, shots: int = 4, seeds: Sequence[int] = (0,), out_dir=None) -> ResultTable:
+def test(model, root, shots: int = 4, seeds: Sequence[int] = (0,), out_dir=None, amp: bool | None = None) -> ResultTable:
     """The method's evaluation protocol on the prepared dataset at ``root``: the zero-shot table,
-    or for a few-shot method the table over prompt seeds (prompt sets saved in ``out_dir/prompts``)."""
+    or for a few-shot method the table over prompt seeds (prompt sets saved in ``out_dir/prompts``);
+    at the method's precision (``amp`` overrides it on CUDA)."""
     if not method_of(model).few_shot:
-        return evaluate(model, dataset_for(model, root))
+        return evaluate(model, dataset_for(model, root), amp=amp)
     try:
         support = dataset_for(model, root, split="train")
     except DatasetError:  # no training split: the prompts come from the test split's normal images
         support = None
     return evaluate_fewshot(model, dataset_for(model, root), support, shots=shots, seeds=seeds,
-                            prompt_dir=Path(out_dir or "runs") / "prompts")
+                            prompt_dir=Path(out_dir or "runs") / "prompts", amp=amp)
 
 
 test.__test__ = False  # not a pytest test

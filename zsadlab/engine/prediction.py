@@ -24,7 +24,7 @@ from ..data.images import image_files, is_image_file
 from ..errors import InputError
 from ..methods import Method
 from ..utils import check_writable, write_text_atomic
-from .building import device_of, input_normalisation, method_of
+from .building import autocast, device_of, input_normalisation, method_of, precision_of, registered_method
 
 SCORE_COLUMNS = ("path", "score", "overlay", "status")
 
@@ -94,30 +94,51 @@ def scores_csv(rows: Sequence[dict]) -> str:
     return buffer.getvalue()
 
 
+def check_set_size(spec: Method | None, count: int, where: str) -> None:
+    """One line when a transductive method gets fewer images than it needs to score them as a set."""
+    if spec is not None and spec.transductive and count < spec.min_images:
+        raise InputError(f"{spec.name} scores the images as one set and needs at least {spec.min_images} images; "
+                         f"{where} has {count}. Add images of the same kind of object to the folder")
+
+
+def scored_groups(spec: Method | None, paths: Sequence[Path]) -> list[list[Path]]:
+    """The images scored together: one at a time, or all as one set for a transductive method."""
+    return [list(paths)] if spec is not None and spec.transductive else [[path] for path in paths]
+
+
 def predict_images(model, inputs: Sequence[str | Path], out_dir: str | Path, class_name: str = "object",
-                   prompts: Sequence[str | Path] | None = None) -> dict:
+                   prompts: Sequence[str | Path] | None = None, amp: bool | None = None) -> dict:
     """Score the user's own images: ``scores.csv`` (path, score, overlay, status) and one overlay PNG per
     image in ``out_dir`` (none for a model without maps). Few-shot methods need ``prompts``: normal
-    images (files or a folder) of the same kind of object. An unreadable image is skipped, with its
-    reason in its row. Returns ``{"csv", "overlays", "skipped"}``."""
+    images (files or a folder) of the same kind of object; a transductive method scores the readable
+    images as one set (at least its ``min_images``). An unreadable image is skipped, with its reason in
+    its row. At the method's precision (``amp`` overrides it on CUDA). Returns ``{"csv", "overlays", "skipped"}``."""
     paths = user_images(inputs)
     out_dir = check_writable(Path(out_dir).resolve())  # relative to the caller's working directory
     predictor = predictor_for(model, class_name, prompts).eval()
-    device = device_of(model)
-    rows, overlays = [], []
-    for path, overlay in tqdm(list(zip(paths, overlay_names(paths))), desc="predict", leave=False):
-        try:
-            image = model_input(model, path)
-        except DatasetError as err:
-            rows.append({"path": str(path), "score": "", "overlay": "", "status": f"skipped: {err}"})
+    spec, device = registered_method(model), device_of(model)
+    precision = precision_of(model, device, amp)
+    rows, overlays, names = {}, [], dict(zip(paths, overlay_names(paths)))
+    for group in tqdm(scored_groups(spec, paths), desc="predict", leave=False):
+        images = {}
+        for path in group:
+            try:
+                images[path] = model_input(model, path)
+            except DatasetError as err:
+                rows[path] = {"path": str(path), "score": "", "overlay": "", "status": f"skipped: {err}"}
+        if not images:
             continue
-        score, amap = predictor.predict(image[None].to(device), [class_name])
-        if amap is not None:
-            fig = viz.plot_overlay(image, amap[0].cpu(), title=path.name, score=float(score[0]))
-            overlays.append(viz.save_figure(fig, out_dir, overlay))
-            viz.plt.close(fig)
-        rows.append({"path": str(path), "score": f"{float(score[0]):.6f}",
-                     "overlay": overlay if amap is not None else "", "status": "ok"})
+        check_set_size(spec, len(images), f"{', '.join(map(str, inputs))} (readable images)")
+        with torch.no_grad(), autocast(precision, device):
+            scores, maps = predictor.predict(torch.stack(list(images.values())).to(device), [class_name] * len(images))
+        for i, (path, image) in enumerate(images.items()):
+            if maps is not None:
+                fig = viz.plot_overlay(image, maps[i].float().cpu(), title=path.name, score=float(scores[i]))
+                overlays.append(viz.save_figure(fig, out_dir, names[path]))
+                viz.plt.close(fig)
+            rows[path] = {"path": str(path), "score": f"{float(scores[i]):.6f}",
+                          "overlay": names[path] if maps is not None else "", "status": "ok"}
+    rows = [rows[path] for path in paths]
     skipped = [row["path"] for row in rows if row["status"] != "ok"]
     if len(skipped) == len(rows):
         raise InputError(f"none of the {len(rows)} images could be read; first: {rows[0]['status']}")

@@ -1,10 +1,13 @@
 """The one trainer for every learning method, on one process or many (DDP under torchrun).
 
 :func:`train` runs a method's :class:`~zsadlab.methods.Recipe`: a seeded plan of global batches
-per epoch, the method's optimizer and training step, a progress bar, AMP only when asked
-(``amp=True``, CUDA; the official code trains in fp32), and, with ``out_dir``, after every
-epoch the method's official checkpoint, a resume state (``train_state.pt``) and ``run.json``
-(what the run is), all written atomically.
+per epoch, the method's optimizer and training step (:func:`train_step`), a progress bar, the
+method's precision (``Method.precision``: on CUDA fp16 autocast with a GradScaler for VAND, whose
+official ``train.py`` runs under ``torch.cuda.amp.autocast()``, fp32 for AnomalyCLIP and InCTRL,
+whose official code has no autocast; ``amp=True/False`` overrides it; fp32 off CUDA), and, with
+``out_dir``, after every epoch the method's official checkpoint, a resume state
+(``train_state.pt``: exactly the model's ``trainable_state_dict()``, the optimizer and the loss
+history) and ``run.json`` (what the run is), all written atomically.
 
 **Multi-GPU.** Under ``torchrun --standalone --nproc_per_node N -m zsadlab train ...`` every
 process runs :func:`train`; it joins the process group (``nccl`` on CUDA, ``gloo`` on CPU),
@@ -33,14 +36,15 @@ import torch.distributed.nn.functional as dist_nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..errors import RunError, UserError, read_checkpoint
-from ..methods import Method, Recipe
+from ..checkpoints import read_checkpoint
+from ..errors import RunError, UserError
+from ..methods import Method, Recipe, get_method, method_names
 from ..utils import pick_device, save_torch_atomic, seed_everything, write_json_atomic
-from .building import dataset_for, device_of, method_of
+from .building import autocast, dataset_for, device_of, method_of, precision_of
 
 RESUME_FILE = "train_state.pt"
 RUN_FILE = "run.json"
-RUN_IDENTITY = ("method", "config", "dataset", "seed", "batch_size")  # what must match to resume
+RUN_IDENTITY = ("method", "config", "dataset", "seed", "batch_size", "precision")  # what must match to resume
 
 
 # --- ranks -------------------------------------------------------------------------------------
@@ -152,12 +156,12 @@ def _global_mean(values: dict[str, float], ranks: Ranks) -> dict[str, float]:
 # --- run folder ----------------------------------------------------------------------------------
 
 
-def _identity(spec: Method, model, dataset, seed: int, batch_size: int) -> dict:
-    """What a run is, as JSON values: method, config, dataset, seed, global batch size."""
+def _identity(spec: Method, model, dataset, seed: int, batch_size: int, precision: str) -> dict:
+    """What a run is, as JSON values: method, config, dataset, seed, global batch size, precision."""
     config = dataclasses.asdict(model.config) if dataclasses.is_dataclass(model.config) else {}
     root = getattr(dataset, "root", None)
     return json.loads(json.dumps({
-        "method": spec.name, "config": config, "seed": seed, "batch_size": batch_size,
+        "method": spec.name, "config": config, "seed": seed, "batch_size": batch_size, "precision": precision,
         "dataset": {"root": str(Path(root).resolve()) if root else None, "split": getattr(dataset, "split", None),
                     "images": len(dataset)},
     }))
@@ -176,7 +180,7 @@ def completed_epochs(out_dir: str | Path | None) -> int:
 
 
 def _check_same_run(out_dir: Path, identity: dict) -> None:
-    """Refuse to resume a run folder made by another method, config, dataset, seed or batch size."""
+    """Refuse to resume a run folder made by another method, config, dataset, seed, batch size or precision."""
     record = run_record(out_dir)
     if record is None:
         return
@@ -196,14 +200,19 @@ def _resume(out_dir: Path | None, model, optimizer) -> tuple[int, dict[str, list
     if not isinstance(state, dict) or "trainable" not in state:
         raise RunError(f"{path} was written by an older zsadlab and cannot be resumed; choose another --out folder "
                        "(its epoch checkpoints still load with --checkpoint)")
-    model.load_state_dict(state["trainable"], strict=False)
+    declared = set(model.trainable_state_dict())
+    missing = sorted(declared - set(state["trainable"]))
+    if missing:
+        raise RunError(f"{path} lacks trainable tensors of this model ({', '.join(missing[:3])}"
+                       f"{' ...' if len(missing) > 3 else ''}); choose another --out folder")
+    model.load_state_dict({k: state["trainable"][k] for k in declared}, strict=False)
     optimizer.load_state_dict(state["optimizer"])
     return int(state["epoch"]), {k: list(v) for k, v in state["history"].items()}
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
-    """Everything but the frozen backbone (``clip.*``): what a resume must restore."""
-    return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("clip.")}
+    """What a resume must restore: exactly the model's ``trainable_state_dict()`` (``methods.LearningModel``)."""
+    return {k: v.detach().cpu() for k, v in model.trainable_state_dict().items()}
 
 
 # --- the trainer -------------------------------------------------------------------------------
@@ -223,8 +232,8 @@ def default_workers(device: torch.device) -> int:
 
 def _recipe_of(spec: Method) -> Recipe:
     if spec.recipe is None:
-        raise UserError(f"{spec.name} has nothing to train: it is zero-shot (its text comes from the hand-written "
-                        "prompt ensemble); train 'anomalyclip' or 'coop' instead")
+        raise UserError(f"{spec.name} learns nothing, so there is nothing to train; train one of "
+                        f"{[name for name in method_names() if get_method(name).recipe is not None]}")
     return spec.recipe
 
 
@@ -264,7 +273,7 @@ class Schedule:
 
 def train(model, dataset, epochs: int | None = None, batch_size: int | None = None,
           out_dir: str | Path | None = None, resume: bool = True, seed: int | None = None, device=None,
-          amp: bool = False, max_steps_per_epoch: int | None = None, progress: bool = True,
+          amp: bool | None = None, max_steps_per_epoch: int | None = None, progress: bool = True,
           num_workers: int | None = None, lr: float | None = None, betas: tuple[float, float] | None = None,
           **plan_options) -> dict[str, list[float]]:
     """Train ``model`` (built by ``engine.build_model``) on ``dataset`` with its method's recipe.
@@ -273,8 +282,10 @@ def train(model, dataset, epochs: int | None = None, batch_size: int | None = No
     config (set by the profile), ``seed`` the method's official seed. ``batch_size`` is the
     global batch (split over the processes under torchrun). ``plan_options`` go to the method's
     plan (InCTRL: ``steps_per_epoch``, ``shots``). Returns the loss history: one value per step
-    for each scalar loss (``total``, ...) and ``epoch_total`` (mean per epoch). ``amp=True``
-    trains with fp16 autocast + GradScaler on CUDA (a deviation: the official code is fp32).
+    for each scalar loss (``total``, ...) and ``epoch_total`` (mean per epoch). ``amp``: ``None``
+    follows the method's precision on CUDA (VAND fp16 autocast + GradScaler, as its official
+    ``train.py``; AnomalyCLIP and InCTRL fp32, as theirs), ``True`` / ``False`` override it; off
+    CUDA training is fp32 (and says so when fp16 was asked for).
     ``num_workers``: DataLoader worker processes (seeded; default :func:`default_workers`).
     """
     spec = method_of(model)
@@ -284,10 +295,11 @@ def train(model, dataset, epochs: int | None = None, batch_size: int | None = No
                         spec.seed if seed is None else seed, max_steps_per_epoch, plan_options)
     _positive(epochs=schedule.epochs, batch_size=schedule.batch_size, max_steps_per_epoch=max_steps_per_epoch)
     out_dir = Path(out_dir) if out_dir else None
-    identity = _identity(spec, model, dataset, schedule.seed, schedule.batch_size)
+    device = pick_device(device) if device is not None else device_of(model)
+    precision = precision_of(model, device, amp)
+    identity = _identity(spec, model, dataset, schedule.seed, schedule.batch_size, precision)
     if out_dir and resume:
         _check_same_run(out_dir, identity)
-    device = pick_device(device) if device is not None else device_of(model)
     with joined(device) as ranks:
         if schedule.batch_size % ranks.world:
             raise UserError(f"the batch size {schedule.batch_size} is the global batch: it must be a multiple of "
@@ -297,7 +309,7 @@ def train(model, dataset, epochs: int | None = None, batch_size: int | None = No
         done, history = _resume(out_dir, model, optimizer) if resume else (0, {})
         history.setdefault("epoch_total", [])
         workers = default_workers(ranks.device) if num_workers is None else num_workers
-        scaler = torch.amp.GradScaler("cuda", enabled=amp and ranks.device.type == "cuda")
+        scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
         # One bar per run (also when every epoch is already done: then it says so), steps counted per epoch.
         bar = tqdm(total=0, desc=f"{spec.name}: epoch {done}/{schedule.epochs}" +
                    (" (complete)" if done >= schedule.epochs else ""), disable=not (progress and ranks.main))
@@ -324,19 +336,34 @@ def train(model, dataset, epochs: int | None = None, batch_size: int | None = No
     return history
 
 
+def _optimised(stepper, optimizer, scaler, batch, device) -> dict[str, float]:
+    """One optimisation step on ``batch`` (fp16 autocast when ``scaler`` is enabled); its scalar losses."""
+    with autocast("fp16" if scaler.is_enabled() else "fp32", device):
+        losses = stepper(batch)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(losses["total"]).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return {k: float(v.detach()) for k, v in losses.items() if v.dim() == 0}
+
+
+def train_step(model, optimizer, batch: dict, recipe: Recipe | None = None) -> dict[str, float]:
+    """One fp32 optimisation step of the trainer on a collated ``batch``, in train mode, one process:
+    the recipe's step (default: the model's method's), ``total`` backpropagated, the optimizer stepped.
+    Returns the scalar losses (``total``, ...), as the trainer's history records them."""
+    recipe = recipe or _recipe_of(method_of(model))
+    model.train()
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    return _optimised(_Step(model, recipe), optimizer, scaler, batch, device_of(model))
+
+
 def _epoch_losses(model, stepper, optimizer, scaler, batches, bar, ranks: Ranks) -> list[dict[str, float]]:
     """One epoch of optimisation steps (fp16 autocast when ``scaler`` is enabled), advancing the run's
     progress ``bar``; per step, each scalar loss of the global batch."""
     model.train()
     steps = []
     for batch in batches:
-        with torch.autocast(ranks.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
-            losses = stepper(batch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["total"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        steps.append(_global_mean({k: float(v.detach()) for k, v in losses.items() if v.dim() == 0}, ranks))
+        steps.append(_global_mean(_optimised(stepper, optimizer, scaler, batch, ranks.device), ranks))
         bar.update(1)
         bar.set_postfix(loss=f"{steps[-1]['total']:.4f}")
     return steps
@@ -359,13 +386,3 @@ def fit(model, root, epochs: int | None = None, batch_size: int | None = None, o
     if shots is not None:
         options["shots"] = shots
     return train(model, data, epochs, batch_size, out_dir=out_dir, seed=seed, **options)
-
-
-def train_inctrl(model, dataset, epochs: int | None = None, steps_per_epoch: int | None = None,
-                 batch_size: int | None = None, shots: int | None = None, out_dir: str | Path | None = None,
-                 resume: bool = True, seed: int | None = None, device=None,
-                 progress: bool = True) -> dict[str, list[float]]:
-    """:func:`train` with InCTRL's plan options named (kept for the notebooks)."""
-    options = {k: v for k, v in dict(steps_per_epoch=steps_per_epoch, shots=shots).items() if v is not None}
-    return train(model, dataset, epochs, batch_size, out_dir=out_dir, resume=resume, seed=seed, device=device,
-                 progress=progress, **options)
