@@ -192,3 +192,61 @@ def test_prepare_warnings_are_printed_as_one_plain_line(monkeypatch, tmp_path, c
     captured = capsys.readouterr()
     assert captured.err == "warning: skipped 1 unreadable image: raw/bad.png\n"
     assert "prepared mpdd" in captured.out
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_training_into_a_folder_of_the_users_files_is_refused_and_they_are_unchanged(data_root, tmp_path, capsys):
+    userrun = tmp_path / "userrun"
+    userrun.mkdir()
+    (userrun / "epoch_1.pth").write_text("mine\n")
+    before = _snapshot(userrun)
+    assert cli.main(["train", "--profile", "smoke", "--data-root", str(data_root), "--out", str(userrun)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(userrun) in err and "epoch_1.pth" in err and "holds no run" in err
+    assert _snapshot(userrun) == before and sorted(p.name for p in userrun.iterdir()) == ["epoch_1.pth"]
+
+
+def test_predict_into_its_input_folder_is_refused_and_the_users_files_are_unchanged(tmp_path, write_image, capsys):
+    inout = tmp_path / "inout"
+    write_image(inout / "a.png")
+    write_image(inout / "a_overlay.png", value=3)
+    (inout / "scores.csv").write_text("my,own\n")
+    before = _snapshot(inout)
+    assert cli.main(["predict", "--method", "clip", "--profile", "smoke", str(inout), "--out", str(inout)]) == 2
+    assert "holds the input image" in capsys.readouterr().err
+    assert _snapshot(inout) == before
+
+
+def test_a_second_train_on_the_same_out_exits_2_naming_the_folder_and_the_first_ones_pid(data_root, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "runs" / "c"
+    repo = Path(__file__).resolve().parents[1]
+    # The first writer: a real `zsadlab train` whose first step waits until the second one has finished.
+    gate = tmp_path / "gate"
+    first_code = ("import pathlib, sys, time; from zsadlab import cli, engine\n"
+                  "real = engine.fit\n"
+                  "def fit(*a, **k):\n    print('training', flush=True)\n"
+                  f"    while not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.05)\n"
+                  "    return real(*a, **k)\n"
+                  "engine.fit = fit\nsys.exit(cli.main(sys.argv[1:]))")
+    common = ["train", "--profile", "smoke", "--data-root", str(data_root), "--out", str(run)]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    first = subprocess.Popen([sys.executable, "-c", first_code, *common, "--seed", "1"], stdout=subprocess.PIPE,
+                             text=True, env=env, cwd=tmp_path)
+    try:
+        assert "training" in iter(lambda: first.stdout.readline().strip(), "")  # after the profile's banner
+        second = subprocess.run([sys.executable, "-m", "zsadlab", *common, "--seed", "2"], capture_output=True,
+                                text=True, env=env, cwd=tmp_path)
+    finally:
+        gate.touch()
+    assert first.wait(timeout=1800) == 0
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.count("\n") == 1 and str(run) in second.stderr and f"pid {first.pid}" in second.stderr
+    assert engine.run_record(run)["seed"] == 1 and engine.completed_epochs(run) == 1

@@ -23,7 +23,7 @@ import torch
 from . import engine, pretrained
 from .backbone import WeightsUnavailableError
 from .data import ensure_dataset, fetch_raw, prepare, registry
-from .engine.prediction import check_prompts, user_images
+from .engine.prediction import check_outputs, check_prompts, user_images
 from .errors import InputError, UserError
 from .methods import get_method, method_names
 from .profiles import get_profile
@@ -136,19 +136,19 @@ def _method_train(args: argparse.Namespace) -> int:
                          f"train one of {[n for n in method_names() if get_method(n).recipe]}")
     if args.shots is not None and not spec.few_shot:
         raise InputError(f"--shots is for few-shot methods; {args.method} takes no reference images")
-    check_writable(args.out)
-    profile, model = _model(args)
-    root = ensure_dataset(args.dataset or profile.train_dataset, args.data_root)
-    before = engine.completed_epochs(args.out)
-    try:
-        history = engine.fit(model, root, epochs=args.epochs, batch_size=args.batch_size, out_dir=args.out,
-                             seed=args.seed, shots=args.shots, amp=args.amp, num_workers=args.workers)
-    except KeyboardInterrupt:
-        if engine.is_main_process():
-            done = engine.completed_epochs(args.out)
-            print(f"\ninterrupted: {done} epoch(s) saved in {args.out}; run the same command again to resume",
-                  file=sys.stderr)
-        return 130
+    with engine.run_folder(Path(args.out), engine.is_main_process()):  # one writer; before any compute
+        profile, model = _model(args)
+        root = ensure_dataset(args.dataset or profile.train_dataset, args.data_root)
+        before = engine.completed_epochs(args.out)
+        try:
+            history = engine.fit(model, root, epochs=args.epochs, batch_size=args.batch_size, out_dir=args.out,
+                                 seed=args.seed, shots=args.shots, amp=args.amp, num_workers=args.workers)
+        except KeyboardInterrupt:
+            if engine.is_main_process():
+                done = engine.completed_epochs(args.out)
+                print(f"\ninterrupted: {done} epoch(s) saved in {args.out}; run the same command again to resume",
+                      file=sys.stderr)
+            return 130
     ran = len(history["epoch_total"]) - before
     if engine.is_main_process():
         if ran == 0:
@@ -204,8 +204,7 @@ def _method_predict(args: argparse.Namespace) -> int:
     _refuse_fewshot_options(args, "--prompts")
     _refuse_unused_checkpoint(args)
     check_prompts(get_method(args.method), args.prompts)
-    user_images(args.images)  # the inputs and the output folder are checked before the model is built
-    check_writable(args.out)
+    check_outputs(user_images(args.images), args.out)  # the inputs and the output folder, before the model is built
     profile, model = _model(args)
     _load_or_warn(model, args)
     written = engine.predict_images(model, args.images, out_dir=args.out, class_name=args.class_name,

@@ -29,11 +29,11 @@ from .evaluation import (
     test,
 )
 from .prediction import predict_images
-from .training import completed_epochs, fit, is_main_process, run_record, train, train_inctrl
+from .training import completed_epochs, fit, is_main_process, run_folder, run_record, train, train_inctrl
 
 __all__ = [
     "FEWSHOT_METRICS", "METRIC_COLUMNS", "FewShotPredictor", "ResultTable", "anomalyclip_config", "build_model",
     "class_metrics", "class_predictions", "completed_epochs", "dataset_for", "evaluate", "evaluate_fewshot", "fewshot_prompts", "fit",
     "is_main_process", "load_checkpoint", "load_or_sample_prompt_set", "method_of", "pixel_inputs", "predict_dataset",
-    "predict_images", "prompt_set_path", "run_record", "test", "train", "train_inctrl",
+    "predict_images", "prompt_set_path", "run_folder", "run_record", "test", "train", "train_inctrl",
 ]

@@ -5,7 +5,9 @@ training data (the dataset's folder, split and the exact list of images with the
 budget subset or another draw of a synthetic set is a different run), the seed, the epochs, the global batch and the step budget. :func:`training_key`
 turns that into a short digest and :func:`load_or_train` runs the one trainer (``engine.train``)
 in ``<cache>/<method>-<digest>/``: a finished run is loaded from its resume state instead of
-trained again, an interrupted one resumes after its last completed epoch.
+trained again, an interrupted one resumes after its last completed epoch. An entry has one writer at a
+time (the run folder's lock, :func:`~zsadlab.engine.training.run_folder`): a second process asking for
+the same training while it runs is refused in one line naming the folder and the holder's pid.
 
 Every request can be logged to the JSON file named by ``ZSADLAB_TRAININGS_LOG`` - one entry
 ``{"notebook", "key", "action"}`` per request, ``action`` one of ``trained``, ``reused`` or
@@ -24,7 +26,7 @@ from typing import Any
 
 from ..utils import write_json_atomic
 from .building import method_of
-from .training import completed_epochs, train
+from .training import completed_epochs, is_main_process, run_folder, train
 
 TRAININGS_LOG_ENV = "ZSADLAB_TRAININGS_LOG"
 NOTEBOOK_ENV = "ZSADLAB_NOTEBOOK"
@@ -99,8 +101,9 @@ def load_or_train(model, dataset, cache_dir: str | Path, epochs: int | None = No
     key = training_key(method=spec.name, config=model.config, data=data_identity(dataset), seed=seed, epochs=epochs,
                        batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch, options=plan_options)
     folder = Path(cache_dir) / f"{spec.name}-{key}"
-    action = "reused" if completed_epochs(folder) >= epochs else "trained"
-    history = train(model, dataset, epochs, batch_size, out_dir=folder, resume=True, seed=seed,
-                    max_steps_per_epoch=max_steps_per_epoch, progress=progress, **plan_options)
+    with run_folder(folder, is_main_process()):  # one writer per entry: another process gets one line, not a mix
+        action = "reused" if completed_epochs(folder) >= epochs else "trained"
+        history = train(model, dataset, epochs, batch_size, out_dir=folder, resume=True, seed=seed,
+                        max_steps_per_epoch=max_steps_per_epoch, progress=progress, **plan_options)
     log_request(key, action)
     return CachedRun(key, folder, history, action)

@@ -5,6 +5,10 @@ One run's outputs are complete and consistent: every input has one row in ``scor
 (``status`` ``skipped: <reason>``, empty score) while the others are scored; inputs that share a
 name (``a/x.png``, ``b/x.png``, ``a/x.jpg``) get distinct overlay files; the overlays are written
 first, then ``scores.csv`` atomically (replacing an earlier run's), by the ``csv`` module.
+
+Nothing the user owns is replaced: the output folder may not hold an input image, and an existing
+file is overwritten only if an earlier ``scores.csv`` of predict in that folder lists it (or is it).
+Predict never reads its own outputs: the overlays listed in a folder's ``scores.csv`` are not inputs.
 """
 from __future__ import annotations
 
@@ -29,12 +33,30 @@ from .building import device_of, input_normalisation, method_of
 SCORE_COLUMNS = ("path", "score", "overlay", "status")
 
 
+SCORES_FILE = "scores.csv"
+
+
+def earlier_outputs(folder: Path) -> set[str]:
+    """File names in ``folder`` that an earlier predict run wrote: its ``scores.csv`` (recognised by
+    its header) and the overlays that file lists; empty when there is none."""
+    try:
+        with (folder / SCORES_FILE).open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if tuple(reader.fieldnames or ()) != SCORE_COLUMNS:
+                return set()
+            return {SCORES_FILE} | {row["overlay"] for row in reader if row.get("overlay")}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return set()
+
+
 def user_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly or found (not recursively) in the folders given, each once."""
+    """Image files named directly or found (not recursively) in the folders given, each once; a
+    folder's overlays from an earlier predict run (:func:`earlier_outputs`) are not inputs."""
     found = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += image_files(item)
+            ours = earlier_outputs(item)
+            found += [path for path in image_files(item) if path.name not in ours]
         elif is_image_file(item):
             found.append(item)
         else:
@@ -59,6 +81,23 @@ def overlay_names(paths: Sequence[Path]) -> list[str]:
         seen[name] += 1
         names.append(f"{name}_overlay.png" if seen[name] == 1 else f"{name}_{seen[name]}_overlay.png")
     return names
+
+
+def check_outputs(paths: Sequence[Path], out_dir: str | Path) -> Path:
+    """``out_dir`` (created, writable) if writing there can replace nothing the user owns, else one
+    :class:`InputError` line: it may not hold an input image, and a file that would be written
+    (``scores.csv``, an overlay) may exist only if an earlier predict run wrote it."""
+    out_dir = check_writable(Path(out_dir).resolve())  # relative to the caller's working directory
+    inside = next((p for p in paths if p.resolve().parent == out_dir), None)
+    if inside is not None:
+        raise InputError(f"--out {out_dir} holds the input image {inside}: predictions there could replace your files "
+                         f"and be read as inputs next time. Choose another --out folder (e.g. {out_dir / 'predictions'}).")
+    ours = earlier_outputs(out_dir)
+    clash = next((n for n in [SCORES_FILE, *overlay_names(paths)] if (out_dir / n).exists() and n not in ours), None)
+    if clash is not None:
+        raise InputError(f"--out {out_dir} already holds {clash}, which predict did not write; it would be replaced. "
+                         "Choose another --out folder, or move that file away.")
+    return out_dir
 
 
 def model_input(model, path: Path) -> torch.Tensor:
@@ -101,7 +140,7 @@ def predict_images(model, inputs: Sequence[str | Path], out_dir: str | Path, cla
     images (files or a folder) of the same kind of object. An unreadable image is skipped, with its
     reason in its row. Returns ``{"csv", "overlays", "skipped"}``."""
     paths = user_images(inputs)
-    out_dir = check_writable(Path(out_dir).resolve())  # relative to the caller's working directory
+    out_dir = check_outputs(paths, out_dir)
     predictor = predictor_for(model, class_name, prompts).eval()
     device = device_of(model)
     rows, overlays = [], []
@@ -121,5 +160,5 @@ def predict_images(model, inputs: Sequence[str | Path], out_dir: str | Path, cla
     skipped = [row["path"] for row in rows if row["status"] != "ok"]
     if len(skipped) == len(rows):
         raise InputError(f"none of the {len(rows)} images could be read; first: {rows[0]['status']}")
-    csv_path = write_text_atomic(scores_csv(rows), out_dir / "scores.csv")
+    csv_path = write_text_atomic(scores_csv(rows), out_dir / SCORES_FILE)
     return {"csv": csv_path, "overlays": overlays, "skipped": skipped}

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ..errors import RunError, UserError, read_checkpoint
 from ..methods import Method, Recipe
-from ..utils import pick_device, save_torch_atomic, seed_everything, write_json_atomic
+from ..utils import LOCK_FILE, folder_lock, pick_device, save_torch_atomic, seed_everything, write_json_atomic
 from .building import dataset_for, device_of, method_of
 
 RESUME_FILE = "train_state.pt"
@@ -175,6 +175,52 @@ def completed_epochs(out_dir: str | Path | None) -> int:
     return int(record.get("completed_epochs", 0)) if record else 0
 
 
+def _ours(name: str) -> bool:
+    """The lock file, a write probe or an atomic write's temporary: what zsadlab leaves in any output folder."""
+    return name == LOCK_FILE or name.startswith(".zsadlab-write-check.") or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def check_run_folder(out_dir: str | Path) -> None:
+    """Refuse an existing, non-empty ``out_dir`` that is not a run of this package (no ``run.json``):
+    training would overwrite the user's files (``epoch_1.pth``...)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir() or (out_dir / RUN_FILE).is_file():
+        return
+    foreign = sorted(p.name for p in out_dir.iterdir() if not _ours(p.name))
+    if foreign:
+        raise RunError(f"{out_dir} is not empty ({foreign[0]}{' ...' if len(foreign) > 1 else ''}) and holds no run "
+                       f"of zsadlab ({RUN_FILE}); training there could overwrite your files. Choose an empty or new "
+                       "--out folder.")
+
+
+@contextlib.contextmanager
+def run_folder(out_dir: Path | None, main: bool) -> Iterator[None]:
+    """The one-writer lock of a run folder, held by the process that writes it (rank 0), after checking
+    that the folder is empty or a run of this package. A run that fails before its first epoch is saved
+    leaves nothing behind (not even the folder, if it created it)."""
+    if out_dir is not None:
+        check_run_folder(out_dir)
+    if out_dir is None or not main:
+        yield
+        return
+    created, had_run = not out_dir.exists(), run_record(out_dir) is not None
+    with folder_lock(out_dir):
+        try:
+            yield
+        except BaseException:
+            if not had_run and completed_epochs(out_dir) == 0:
+                _forget_run(out_dir, created)
+            raise
+
+
+def _forget_run(out_dir: Path, created: bool) -> None:
+    """Remove what a run that saved no epoch wrote: ``run.json``, the lock file, the folder if it made it."""
+    for name in (RUN_FILE, LOCK_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+    if created and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+
+
 def _check_same_run(out_dir: Path, identity: dict) -> None:
     """Refuse to resume a run folder made by another method, config, dataset, seed or batch size."""
     record = run_record(out_dir)
@@ -273,10 +319,12 @@ def train(model, dataset, epochs: int | None = None, batch_size: int | None = No
     _positive(epochs=schedule.epochs, batch_size=schedule.batch_size, max_steps_per_epoch=max_steps_per_epoch)
     out_dir = Path(out_dir) if out_dir else None
     identity = _identity(spec, model, dataset, schedule.seed, schedule.batch_size)
-    if out_dir and resume:
-        _check_same_run(out_dir, identity)
     device = pick_device(device) if device is not None else device_of(model)
-    with joined(device) as ranks:
+    with run_folder(out_dir, is_main_process()), joined(device) as ranks:
+        if out_dir and resume:
+            _check_same_run(out_dir, identity)
+        if out_dir and ranks.main and run_record(out_dir) is None:  # the folder is this run's from now on
+            write_json_atomic({**identity, "epochs": schedule.epochs, "completed_epochs": 0}, out_dir / RUN_FILE)
         if schedule.batch_size % ranks.world:
             raise UserError(f"the batch size {schedule.batch_size} is the global batch: it must be a multiple of "
                             f"the {ranks.world} processes")
