@@ -250,3 +250,24 @@ def test_a_second_train_on_the_same_out_exits_2_naming_the_folder_and_the_first_
     assert second.returncode == 2, second.stderr
     assert second.stderr.count("\n") == 1 and str(run) in second.stderr and f"pid {first.pid}" in second.stderr
     assert engine.run_record(run)["seed"] == 1 and engine.completed_epochs(run) == 1
+
+
+@pytest.mark.parametrize("evil", ["../../../../pwned", "/tmp/pwned"])
+def test_a_meta_json_class_name_that_is_a_path_is_refused_naming_the_file(evil, data_root, tmp_path, capsys):
+    import json
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "synthetic_industrial", root / "evil")
+    meta_path = root / "evil" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for split in meta.values():
+        name = sorted(split)[0]
+        split[evil] = [{**item, "cls_name": evil} for item in split.pop(name)]
+    meta_path.write_text(json.dumps(meta))
+    out = tmp_path / "res" / "evil"
+    assert cli.main(["test", "--profile", "smoke", "--method", "inctrl", "--dataset", "evil", "--data-root",
+                     str(root), "--out", str(out)]) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("note:")]
+    assert len(error) == 1 and str(meta_path) in error[0] and evil in error[0]
+    assert not list(tmp_path.rglob("*pwned*")) and not list(out.rglob("*.json"))

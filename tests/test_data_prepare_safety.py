@@ -1,6 +1,7 @@
 """Specification: preparing a dataset never deletes anything the user owns (issue #14, items 1 and 2)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,43 @@ def test_ensure_dataset_regenerates_a_marked_but_incomplete_synthetic_folder(tmp
     (partial / MARKER).write_text("prepared by zsadlab: synthetic_ultrasound\n")
     root = ensure_dataset("synthetic_ultrasound", tmp_path)
     assert (root / "meta.json").is_file()
+
+
+def _raw_mvtec_class(folder: Path, write_image, write_mask) -> None:
+    """One MVTec class folder (``train/good``, ``test/good``, ``test/crack`` with masks)."""
+    for split in ("train", "test"):
+        write_image(folder / split / "good" / "000.png")
+    write_image(folder / "test" / "crack" / "000.png")
+    write_mask(folder / "ground_truth" / "crack" / "000_mask.png")
+
+
+@pytest.mark.parametrize("raw", [".", ".."])
+def test_prepare_from_inside_a_class_folder_names_the_class_and_writes_only_into_out(
+    raw, tmp_path, write_image, write_mask, monkeypatch, capsys
+):
+    plate = tmp_path / "raw" / "mv1" / "plate"
+    _raw_mvtec_class(plate, write_image, write_mask)
+    if raw == "..":
+        _raw_mvtec_class(plate.parent / "screw", write_image, write_mask)
+    monkeypatch.chdir(plate)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    out = tmp_path / "data" / "dot"
+    assert cli.main(["data", "prepare", "mvtec", "--raw", raw, "--out", "../../../data/dot"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    expected = ["plate"] if raw == "." else ["plate", "screw"]
+    assert sorted(meta["test"]) == expected and all(meta["test"].values())
+    outside = [p for p in tmp_path.rglob("*") if p not in before and out not in (p, *p.parents)]
+    assert outside == [tmp_path / "data"]  # only out's parent was created
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "/abs"])
+def test_a_name_that_is_not_one_path_component_is_refused_naming_the_source(name, tmp_path, write_image):
+    from zsadlab.data.writer import LayoutWriter
+
+    writer = LayoutWriter(tmp_path / "out")
+    source = write_image(tmp_path / "raw.png")
+    with pytest.raises(DatasetError, match="raw.png"):
+        writer.normal(source, name, "x.png")
+    with pytest.raises(DatasetError, match="raw.png"):
+        writer.anomalous(source, "plate", name, "x.png")
+    assert not (tmp_path / "out").exists()

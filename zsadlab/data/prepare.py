@@ -80,10 +80,11 @@ def check_replaceable(out: Path, raw: Path | None, overwrite: bool) -> None:
 
 
 def _checked_raw(item: DatasetEntry, raw: str | Path | None) -> Path:
-    """``raw`` as a Path if it is an existing folder; else a :class:`DatasetError` saying how to get it."""
+    """``raw`` as an absolute Path if it is an existing folder (so ``.`` and ``..`` name their folder,
+    from which a one-class raw folder takes its class name); else a :class:`DatasetError` saying how to get it."""
     if raw is None or not Path(raw).is_dir():
         raise DatasetError(f"raw folder {raw} of {item.title} does not exist. {how_to_get(item)}")
-    return Path(raw)
+    return Path(raw).resolve()
 
 
 def is_prepared(root: str | Path) -> bool:
