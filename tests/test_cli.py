@@ -1,6 +1,8 @@
 """The ``zsadlab`` train / test / predict commands, end to end in the smoke profile."""
 import csv
+import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -271,3 +273,36 @@ def test_a_meta_json_class_name_that_is_a_path_is_refused_naming_the_file(evil, 
     error = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("note:")]
     assert len(error) == 1 and str(meta_path) in error[0] and evil in error[0]
     assert not list(tmp_path.rglob("*pwned*")) and not list(out.rglob("*.json"))
+
+
+def test_an_image_path_starting_with_a_dash_says_to_put_double_dash_before_it(tmp_path, write_image, monkeypatch,
+                                                                               capsys):
+    monkeypatch.chdir(tmp_path)
+    write_image(tmp_path / "-x.png")
+    assert cli.main(["predict", "--method", "clip", "--profile", "smoke", "-x.png", "--out", "out"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "-x.png" in err and "put -- before" in err
+    assert cli.main(["predict", "--method", "clip", "--profile", "smoke", "--out", "out", "--", "-x.png"]) == 0
+    assert (tmp_path / "out" / "scores.csv").is_file()
+
+
+def test_a_bogus_zsadlab_device_names_the_variable(monkeypatch, capsys):
+    monkeypatch.setenv("ZSADLAB_DEVICE", "bogus")
+    assert cli.main(["test", "--method", "clip", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "$ZSADLAB_DEVICE 'bogus' is not a device name" in err and "None" not in err
+
+
+def test_ctrl_c_during_prepare_is_one_line_with_exit_130_and_leaves_nothing(monkeypatch, tmp_path, capsys):
+    from zsadlab.data import registry
+
+    def interrupted(writer, seed):
+        writer.normal(np.zeros((8, 8, 3), np.uint8), "brick", "000.png", "train")
+        raise KeyboardInterrupt
+
+    entry = dataclasses.replace(registry.entry("synthetic_industrial"), generate=interrupted)
+    monkeypatch.setitem(registry.REGISTRY, "synthetic_industrial", entry)
+    assert cli.main(["data", "prepare", "synthetic_industrial", "--out", str(tmp_path / "out")]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "interrupted: nothing was written" in err
+    assert list(tmp_path.iterdir()) == []

@@ -114,3 +114,35 @@ def test_a_name_that_is_not_one_path_component_is_refused_naming_the_source(name
     with pytest.raises(DatasetError, match="raw.png"):
         writer.anomalous(source, "plate", name, "x.png")
     assert not (tmp_path / "out").exists()
+
+
+def test_prepare_into_a_folder_it_did_not_write_suggests_what_works_not_force(tmp_path, write_image, capsys):
+    _raw_brainmri(tmp_path / "raw", write_image)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    argv = ["data", "prepare", "brainmri", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "mine")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--force" not in err.replace("not even with --force", "") and "Choose another --out" in err
+    prepare("brainmri", raw=tmp_path / "raw", out=tmp_path / "ours")
+    assert cli.main([*argv[:-1], str(tmp_path / "ours")]) == 2
+    assert "pass --force to replace it" in capsys.readouterr().err
+    assert cli.main([*argv[:-1], str(tmp_path / "ours"), "--force"]) == 0  # the suggestion works
+
+
+def test_the_partial_folder_of_a_killed_prepare_is_removed_by_the_next_one(tmp_path, write_image):
+    import subprocess
+    import sys
+
+    _raw_brainmri(tmp_path / "raw", write_image)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f".out.{dead.pid}-abc123.partial"
+    (orphan / "brain").mkdir(parents=True)
+    legacy = tmp_path / ".out.notes.partial"  # not our naming: never touched
+    legacy.mkdir()
+    prepare("brainmri", raw=tmp_path / "raw", out=tmp_path / "out")
+    assert not orphan.exists() and legacy.is_dir()
+    orphan.mkdir()
+    prepare("brainmri", raw=tmp_path / "raw", out=tmp_path / "out", overwrite=True)  # also with --force
+    assert not orphan.exists() and sorted(p.name for p in tmp_path.iterdir()) == [".out.notes.partial", "out", "raw"]

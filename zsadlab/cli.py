@@ -27,7 +27,7 @@ from .engine.prediction import check_outputs, check_prompts, user_images
 from .errors import InputError, UserError
 from .methods import get_method, method_names
 from .profiles import get_profile
-from .utils import OutputError, check_writable, pick_device
+from .utils import DEVICE_ENV, OutputError, check_writable, pick_device
 
 Builder = Callable[[argparse._SubParsersAction], None]
 
@@ -40,7 +40,12 @@ def _data_list(args: argparse.Namespace) -> int:
 def _data_prepare(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        root = prepare(args.name, raw=args.raw, out=args.out, seed=args.seed, overwrite=args.force)
+        try:
+            root = prepare(args.name, raw=args.raw, out=args.out, seed=args.seed, overwrite=args.force)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: nothing was written to {args.out or 'data/' + args.name}; run the same command "
+                  "again to prepare it", file=sys.stderr)
+            return 130
     for warning in caught:  # e.g. skipped images: one plain line each, no source location
         print(f"warning: {warning.message}", file=sys.stderr)
     print(f"prepared {args.name} in {root}")
@@ -108,17 +113,20 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def checked_device(name: str | None) -> torch.device:
     """``--device`` as a torch device that exists on this machine, else an :class:`InputError`."""
+    source = "--device" if name else f"${DEVICE_ENV}"  # pick_device falls back to the environment variable
+    name = name or os.environ.get(DEVICE_ENV)
     try:
         device = pick_device(name)
     except RuntimeError:
-        raise InputError(f"--device {name!r} is not a device name; use cpu, cuda, cuda:1 or mps") from None
+        raise InputError(f"{source} {name!r} is not a device name; use cpu, cuda, cuda:1 or mps"
+                         + (f" (or unset {DEVICE_ENV})" if source != "--device" else "")) from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(),
                  "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
     if not available.get(device.type, False):
-        raise InputError(f"--device {name}: no {device.type} device on this machine; use --device cpu "
+        raise InputError(f"{source} {name}: no {device.type} device on this machine; use --device cpu "
                          "(or leave it out for the best available)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise InputError(f"{source} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -291,7 +299,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``zsadlab`` console script; returns the exit status."""
-    args = parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    options = words[:words.index("--")] if "--" in words else words
+    dashed = next((w for w in options if w.startswith("-") and w not in ("-", "--") and Path(w).exists()), None)
+    if dashed is not None:  # argparse would read it as an unknown option
+        print(f"error: {dashed} is a path that starts with '-': put -- before such paths "
+              f"(zsadlab predict [options] -- {dashed})", file=sys.stderr)
+        return 2
+    args = parser().parse_args(words)
     try:
         return args.func(args)
     except BrokenPipeError:  # e.g. `zsadlab data list | head`

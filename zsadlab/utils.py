@@ -56,12 +56,15 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+DEVICE_ENV = "ZSADLAB_DEVICE"
+
+
 def pick_device(preferred: str | None = None) -> torch.device:
     """Return ``preferred`` if given (``"cpu"``, ``"cuda:1"``...), else cuda > mps > cpu.
 
     The environment variable ``ZSADLAB_DEVICE`` overrides the automatic choice.
     """
-    choice = preferred or os.environ.get("ZSADLAB_DEVICE")
+    choice = preferred or os.environ.get(DEVICE_ENV)
     if choice and choice != "auto":
         return torch.device(choice)
     if torch.cuda.is_available():
@@ -184,11 +187,12 @@ def _remove_orphans(path: Path) -> None:
     pattern = re.compile(re.escape(_tmp_prefix(path)) + r"(\d+)-[^.]+\.tmp")
     for candidate in path.parent.glob(_tmp_prefix(path) + "*.tmp"):
         match = pattern.fullmatch(candidate.name)
-        if match and not _process_alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             candidate.unlink(missing_ok=True)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while process ``pid`` runs (also another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -70,12 +70,13 @@ def check_replaceable(out: Path, raw: Path | None, overwrite: bool) -> None:
         )
     if not out.exists() and not out.is_symlink():
         return
-    if not overwrite:
-        raise DatasetError(f"{out} already exists: delete it, choose another folder or pass --force.")
-    if not (out.is_dir() and ((out / MARKER).is_file() or not any(out.iterdir()))):
+    replaceable = out.is_dir() and ((out / MARKER).is_file() or not any(out.iterdir()))
+    if not overwrite and replaceable:
+        raise DatasetError(f"{out} already exists: pass --force to replace it, or choose another --out folder.")
+    if not replaceable:
         raise DatasetError(
-            f"{out} exists and is not a dataset zsadlab prepared (no {MARKER} file in it), so --force will not "
-            "delete it. Choose another --out, or move that folder away yourself."
+            f"{out} exists and is not a dataset zsadlab prepared (no {MARKER} file in it), so it is never replaced "
+            "(not even with --force). Choose another --out, or move that folder away yourself."
         )
 
 
