@@ -306,3 +306,25 @@ def test_ctrl_c_during_prepare_is_one_line_with_exit_130_and_leaves_nothing(monk
     err = capsys.readouterr().err
     assert "Traceback" not in err and "interrupted: nothing was written" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_class_with_fewer_normals_than_shots_is_one_line_and_the_other_rows_are_kept(data_root, tmp_path, capsys):
+    import json
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "synthetic_industrial", root / "short")
+    meta_path = root / "short" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["train"]["brick"] = meta["train"]["brick"][:2]
+    meta_path.write_text(json.dumps(meta))
+    out = tmp_path / "res"
+    assert cli.main(["test", "--profile", "smoke", "--method", "inctrl", "--dataset", "short", "--data-root",
+                     str(root), "--shots", "4", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("warning:")] == [
+        "warning: short/brick has 2 normal image(s), fewer than the k=4 prompts it needs: its row is left "
+        "undefined ('-'); use at most 2 shots for it."]
+    rows = {r["class"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert rows["brick"]["image_auroc"] == "nan" and float(rows["coffee"]["image_auroc"]) >= 0
+    assert float(rows["gravel"]["image_auroc"]) >= 0 and rows["mean"]["image_auroc"] != "nan"

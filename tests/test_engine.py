@@ -246,3 +246,22 @@ def test_class_scores_run_once_per_class_and_seed_over_the_whole_query_set(smoke
     expected = [auroc(vand.normalise_fewshot_scores(s, m), queries.labels) for s, m in calls]
     assert table.rows[0]["image_auroc"] == pytest.approx(float(np.mean(expected)), abs=1e-9)
     assert all(m.shape == (len(queries), *queries[0]["image"].shape[1:]) for _, m in calls)  # whole maps
+
+
+def test_the_python_api_takes_a_folder_or_one_path_and_names_bad_counts(smoke, roots, tmp_path):
+    from zsadlab.engine import predict_images
+    from zsadlab.engine import test as run_test
+
+    model = build_model("clip", smoke, device="cpu")
+    by_path = evaluate(model, str(roots["synthetic_ultrasound"]), progress=False)
+    assert by_path.rows == evaluate(model, dataset_for(model, roots["synthetic_ultrasound"]), progress=False).rows
+    with pytest.raises(TypeError, match="takes a dataset"):
+        evaluate(model, 3)
+    folder = roots["synthetic_ultrasound"] / "thyroid" / "test" / "nodule"
+    written = predict_images(model, str(folder), tmp_path / "out")
+    assert len(written["overlays"]) == len(list(folder.glob("*.png")))
+    inctrl = build_model("inctrl", smoke, device="cpu")
+    with pytest.raises(ValueError, match="shots must be a positive integer"):
+        run_test(inctrl, roots["synthetic_industrial"], shots=0)
+    with pytest.raises(ValueError, match="seeds must be a non-empty list"):
+        run_test(inctrl, roots["synthetic_industrial"], seeds=[])

@@ -12,11 +12,12 @@ Multi-GPU: ``torchrun --standalone --nproc_per_node N -m zsadlab train ...``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -37,17 +38,26 @@ def _data_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_prepare(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _plain_warnings() -> Iterator[None]:
+    """The package's warnings (skipped images, a class with too few normals) as one plain line each."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
+        try:
+            yield
+        finally:
+            for warning in caught:
+                print(f"warning: {warning.message}", file=sys.stderr)
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    with _plain_warnings():
         try:
             root = prepare(args.name, raw=args.raw, out=args.out, seed=args.seed, overwrite=args.force)
         except KeyboardInterrupt:
             print(f"\ninterrupted: nothing was written to {args.out or 'data/' + args.name}; run the same command "
                   "again to prepare it", file=sys.stderr)
             return 130
-    for warning in caught:  # e.g. skipped images: one plain line each, no source location
-        print(f"warning: {warning.message}", file=sys.stderr)
     print(f"prepared {args.name} in {root}")
     return 0
 
@@ -201,7 +211,8 @@ def _method_test(args: argparse.Namespace) -> int:
     profile, model = _model(args)
     _load_or_warn(model, args)
     root = ensure_dataset(args.dataset or profile.test_dataset, args.data_root)
-    table = engine.test(model, root, shots=args.shots or 4, seeds=args.seeds or [0], out_dir=args.out)
+    with _plain_warnings():
+        table = engine.test(model, root, shots=args.shots or 4, seeds=args.seeds or [0], out_dir=args.out)
     print(table)
     if args.out:
         print(f"saved {table.to_csv(Path(args.out) / 'results.csv')} and {table.to_json(Path(args.out) / 'results.json')}")

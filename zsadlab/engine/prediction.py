@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -49,9 +50,11 @@ def earlier_outputs(folder: Path) -> set[str]:
         return set()
 
 
-def user_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly or found (not recursively) in the folders given, each once; a
-    folder's overlays from an earlier predict run (:func:`earlier_outputs`) are not inputs."""
+def user_images(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files named directly or found (not recursively) in the folders given (or the one path
+    given), each once; a folder's overlays from an earlier predict run (:func:`earlier_outputs`) are not inputs."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
     found = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -133,10 +136,11 @@ def scores_csv(rows: Sequence[dict]) -> str:
     return buffer.getvalue()
 
 
-def predict_images(model, inputs: Sequence[str | Path], out_dir: str | Path, class_name: str = "object",
-                   prompts: Sequence[str | Path] | None = None) -> dict:
+def predict_images(model, inputs: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | Path,
+                   class_name: str = "object", prompts: str | os.PathLike | Sequence[str | Path] | None = None) -> dict:
     """Score the user's own images: ``scores.csv`` (path, score, overlay, status) and one overlay PNG per
-    image in ``out_dir`` (none for a model without maps). Few-shot methods need ``prompts``: normal
+    image in ``out_dir`` (none for a model without maps). ``inputs``: image files and folders, or one
+    path. Few-shot methods need ``prompts``: normal
     images (files or a folder) of the same kind of object. An unreadable image is skipped, with its
     reason in its row. Returns ``{"csv", "overlays", "skipped"}``."""
     paths = user_images(inputs)
