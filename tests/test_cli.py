@@ -328,3 +328,35 @@ def test_a_class_with_fewer_normals_than_shots_is_one_line_and_the_other_rows_ar
     rows = {r["class"]: r for r in csv.DictReader((out / "results.csv").open())}
     assert rows["brick"]["image_auroc"] == "nan" and float(rows["coffee"]["image_auroc"]) >= 0
     assert float(rows["gravel"]["image_auroc"]) >= 0 and rows["mean"]["image_auroc"] != "nan"
+
+
+@pytest.fixture
+def normals_only(data_root, tmp_path):
+    """A copy of synthetic_industrial whose meta.json lists only its normal images."""
+    import json
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "synthetic_industrial", root / "normals")
+    meta_path = root / "normals" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta = {split: {c: [i for i in items if not i["anomaly"]] for c, items in classes.items()}
+            for split, classes in meta.items()}
+    meta_path.write_text(json.dumps(meta))
+    return root
+
+
+def test_anomalyclip_trained_without_anomalies_warns_in_one_line(normals_only, tmp_path, capsys):
+    assert cli.main(["train", "--profile", "smoke", "--dataset", "normals", "--data-root", str(normals_only),
+                     "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "training images are normal" in warned[0] and "no anomalous" in warned[0]
+
+
+def test_inctrl_trained_on_one_label_data_is_one_line_and_leaves_no_run_folder(normals_only, tmp_path, capsys):
+    run = tmp_path / "runs" / "inctrl"
+    assert cli.main(["train", "--method", "inctrl", "--profile", "smoke", "--dataset", "normals", "--data-root",
+                     str(normals_only), "--out", str(run)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no anomalous ones" in errors[0] and "normals" in errors[0]
+    assert not run.exists()

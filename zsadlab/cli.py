@@ -159,8 +159,9 @@ def _method_train(args: argparse.Namespace) -> int:
         root = ensure_dataset(args.dataset or profile.train_dataset, args.data_root)
         before = engine.completed_epochs(args.out)
         try:
-            history = engine.fit(model, root, epochs=args.epochs, batch_size=args.batch_size, out_dir=args.out,
-                                 seed=args.seed, shots=args.shots, amp=args.amp, num_workers=args.workers)
+            with _plain_warnings():
+                history = engine.fit(model, root, epochs=args.epochs, batch_size=args.batch_size, out_dir=args.out,
+                                     seed=args.seed, shots=args.shots, amp=args.amp, num_workers=args.workers)
         except KeyboardInterrupt:
             if engine.is_main_process():
                 done = engine.completed_epochs(args.out)

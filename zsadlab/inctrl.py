@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from . import fewshot
 from .backbone import block_tokens, freeze, grid_size, pooled_image_embedding
 from .data import collate
-from .errors import CheckpointError, read_checkpoint
+from .errors import CheckpointError, UserError, read_checkpoint
 from .prompts import inctrl_prompt_texts, mean_text_feature
 from .utils import save_torch_atomic
 
@@ -370,6 +370,11 @@ def training_plan(model: InCTRL, dataset, batch_size: int, seed: int, steps_per_
     rng = np.random.default_rng(seed)
     labels = [s.label for s in dataset.samples]
     names = [s.class_name for s in dataset.samples]
+    missing = [kind for kind, label in (("normal", 0), ("anomalous", 1)) if label not in labels]
+    if missing:
+        raise UserError(f"{getattr(dataset, 'root', 'the training set')}: InCTRL trains on balanced batches of normal "
+                        f"and anomalous images, but this set has no {' or '.join(missing)} ones; train on a set with "
+                        "both (its test split's defects count).")
     steps, shots = steps_per_epoch or model.config.steps_per_epoch, shots or model.config.shots
     batches = fewshot.balanced_batches(labels, batch_size, steps, rng)
     return [[(query, *prompts) for query, prompts in zip(batch, fewshot.sample_prompt_indices(

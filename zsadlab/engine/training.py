@@ -280,6 +280,16 @@ def _positive(**values: int | None) -> None:
             raise UserError(f"{name} must be a positive integer, got {value}")
 
 
+def _warn_if_one_label(spec: Method, dataset) -> None:
+    """Warn when every training image has the same label: the losses' other side has nothing to learn from."""
+    labels = set(np.unique(getattr(dataset, "labels", [])).tolist())
+    if len(labels) == 1:
+        kind, other = ("normal", "anomalous") if labels == {0} else ("anomalous", "normal")
+        warnings.warn(f"{getattr(dataset, 'root', 'the training set')}: all {len(dataset)} training images are {kind}, "
+                      f"so {spec.name}'s losses have no {other} images (or regions) to learn from; train on a set "
+                      "with both.", stacklevel=3)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """What a run does: ``epochs`` of seeded global batches of ``batch_size`` (epoch ``e`` drawn with
@@ -319,6 +329,7 @@ def train(model, dataset, epochs: int | None = None, batch_size: int | None = No
     _positive(epochs=schedule.epochs, batch_size=schedule.batch_size, max_steps_per_epoch=max_steps_per_epoch)
     out_dir = Path(out_dir) if out_dir else None
     identity = _identity(spec, model, dataset, schedule.seed, schedule.batch_size)
+    _warn_if_one_label(spec, dataset)
     device = pick_device(device) if device is not None else device_of(model)
     with run_folder(out_dir, is_main_process()), joined(device) as ranks:
         if out_dir and resume:
