@@ -57,3 +57,14 @@ def test_another_draw_of_a_synthetic_set_elsewhere_is_another_training(tmp_path)
     first = engine.dataset_for(model, ensure_dataset("synthetic_ultrasound", tmp_path / "a", seed=0), "test")
     other = engine.dataset_for(model, ensure_dataset("synthetic_ultrasound", tmp_path / "b", seed=1), "test")
     assert data_identity(first) != data_identity(other)
+
+
+def test_a_cache_entry_another_process_is_writing_is_refused_naming_it_and_its_pid(tmp_path, lock_holder):
+    import pytest
+
+    from zsadlab.utils import FolderBusyError
+
+    _, first = _trained(tmp_path, tmp_path / "cache")
+    holder = lock_holder(first.folder)
+    with pytest.raises(FolderBusyError, match=rf"{first.key}.*pid {holder.pid}"):
+        _trained(tmp_path, tmp_path / "cache")
