@@ -4,7 +4,9 @@
 per epoch, the method's optimizer and training step, a progress bar, AMP only when asked
 (``amp=True``, CUDA; the official code trains in fp32), and, with ``out_dir``, after every
 epoch the method's official checkpoint, a resume state (``train_state.pt``) and ``run.json``
-(what the run is), all written atomically.
+(what the run is), all written atomically. A run folder has one writer (:func:`run_folder`: an
+``fcntl.flock`` held for the run by rank 0; a second process gets one line naming the folder and the
+holder's pid) and is never a folder of the user's own files (one without ``run.json`` must be empty).
 
 **Multi-GPU.** Under ``torchrun --standalone --nproc_per_node N -m zsadlab train ...`` every
 process runs :func:`train`; it joins the process group (``nccl`` on CUDA, ``gloo`` on CPU),
