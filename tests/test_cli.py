@@ -254,10 +254,13 @@ def test_a_second_train_on_the_same_out_exits_2_naming_the_folder_and_the_first_
     assert engine.run_record(run)["seed"] == 1 and engine.completed_epochs(run) == 1
 
 
-@pytest.mark.parametrize("evil", ["../../../../pwned", "/tmp/pwned"])
+@pytest.mark.parametrize("evil", ["../../../../pwned", "ABSOLUTE"])
 def test_a_meta_json_class_name_that_is_a_path_is_refused_naming_the_file(evil, data_root, tmp_path, capsys):
     import json
     import shutil
+
+    if evil == "ABSOLUTE":
+        evil = str(tmp_path / "outside" / "pwned")
 
     root = tmp_path / "data"
     shutil.copytree(data_root / "synthetic_industrial", root / "evil")
