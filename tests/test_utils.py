@@ -187,3 +187,4 @@ def test_the_lock_of_a_killed_process_is_taken_over_and_is_reentrant_in_one_proc
     assert str(holder.pid) in (tmp_path / ".zsadlab.lock").read_text()  # stale: the file stays, the lock is gone
     with folder_lock(tmp_path), folder_lock(tmp_path):
         assert (tmp_path / ".zsadlab.lock").read_text().strip() == str(os.getpid())
+    assert list(tmp_path.iterdir()) == []  # released: no lock file left behind

@@ -146,7 +146,7 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     An exclusive, non-blocking ``fcntl.flock`` on ``<folder>/.zsadlab.lock``: if another process
     holds it, :class:`FolderBusyError` names the folder and that process's pid. Re-entrant within a
     process (a nested call for the same folder holds nothing more). A lock file whose process died is
-    taken over (the kernel released its lock).
+    taken over (the kernel released its lock); the file is removed when the lock is released.
     """
     folder = check_writable(folder).resolve()
     if folder in _held_locks:
@@ -157,25 +157,38 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
             _held_locks[folder] -= 1
         return
     lock = folder / LOCK_FILE
+    fd = _locked(lock, folder)
+    _held_locks[folder] = 1
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
-    except OSError as err:
-        raise _output_error(lock, err) from None
-    try:
+        yield folder
+    finally:
+        del _held_locks[folder]
+        lock.unlink(missing_ok=True)  # still held: a process waiting on this file finds it gone and retries
+        os.close(fd)
+
+
+def _locked(lock: Path, folder: Path) -> int:
+    """An open descriptor of ``lock`` that holds its flock and is still the file at that path, with our pid in it."""
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as err:
+            raise _output_error(lock, err) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise FolderBusyError(f"{folder} is being written by another zsadlab process (pid {_lock_holder(lock)}); "
                                   "wait for it to finish, or choose another output folder.") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _held_locks[folder] = 1
         try:
-            yield folder
-        finally:
-            del _held_locks[folder]
-    finally:
-        os.close(fd)  # releases the flock
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:  # its holder removed it as we locked: lock the new one
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)
 
 
 def _tmp_prefix(path: Path) -> str:
