@@ -93,3 +93,27 @@ def marked_toy_set(tmp_path, write_image, write_mask) -> Callable[[str], Path]:
         return root
 
     return make
+@pytest.fixture
+def lock_holder():
+    """``lock_holder(folder)``: a real second process holding ``folder``'s one-writer lock (``folder_lock``)
+    until the test ends (or it is killed); returns its ``Popen``."""
+    import subprocess
+    import sys
+
+    started = []
+
+    def hold(folder: Path) -> "subprocess.Popen":
+        code = ("import sys; from zsadlab.utils import folder_lock\n"
+                "with folder_lock(sys.argv[1]):\n    print('locked', flush=True); sys.stdin.read()")
+        process = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True, cwd=REPO,
+                                   env={**os.environ, "PYTHONPATH": str(REPO)})
+        started.append(process)
+        assert process.stdout.readline().strip() == "locked"
+        return process
+
+    yield hold
+    for process in started:
+        if process.poll() is None:
+            process.stdin.close()
+            process.wait(timeout=600)

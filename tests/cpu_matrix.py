@@ -29,6 +29,7 @@ from zsadlab.run_notebooks import copy_results  # noqa: E402
 
 KERNELS = ("default", "avx2", "avx512")  # torch's ATEN_CPU_CAPABILITY values, weakest first
 TARGETS = ("tests/parity", "tests/notebooks")
+NBVAL = ("--nbval", "--nbval-current-env")  # the notebook regression (as `make test` runs it)
 
 
 def supported_kernels() -> list[str]:
@@ -51,7 +52,7 @@ def run_combination(kernel: str, threads: int, out: Path, pytest_args: list[str]
     env = {**os.environ, "ATEN_CPU_CAPABILITY": kernel, "OMP_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TARGETS, *pytest_args],
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *NBVAL, *TARGETS, *pytest_args],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)

@@ -62,3 +62,17 @@ def test_checkpoint_from_another_architecture_is_named_with_the_fix(clip, tmp_pa
     torch.save({"weights": 1}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="prompt_learner"):
         load_official_checkpoint(AnomalyCLIP(clip, TINY), tmp_path / "other.pth")
+
+
+def test_a_coop_checkpoint_given_to_anomalyclip_and_the_reverse_says_which_it_is(clip, tmp_path):
+    from zsadlab.errors import CheckpointError
+
+    models = {name: AnomalyCLIP(clip, preset_config(name, TINY)) for name in ("anomalyclip", "coop")}
+    for name, model in models.items():
+        torch.save({"prompt_learner": model.prompt_learner.state_dict()}, tmp_path / f"{name}.pth")
+    with pytest.raises(CheckpointError, match=r"coop.pth is a coop checkpoint .*--method coop"):
+        load_official_checkpoint(models["anomalyclip"], tmp_path / "coop.pth")
+    with pytest.raises(CheckpointError, match=r"anomalyclip.pth is an anomalyclip checkpoint .*--method anomalyclip"):
+        load_official_checkpoint(models["coop"], tmp_path / "anomalyclip.pth")
+    for name, model in models.items():
+        load_official_checkpoint(model, tmp_path / f"{name}.pth")

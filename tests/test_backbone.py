@@ -132,7 +132,7 @@ def test_a_hanging_network_lookup_cannot_delay_the_offline_error(monkeypatch):
     monkeypatch.setattr(backbone, "_can_connect", lambda *args: time.sleep(30) or True)
     started = time.monotonic()
     assert backbone.hub_reachable(timeout=0.5) is False
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # fails fast: measured 0.5 s, the stuck lookup would take 30 s
 
 
 # ---------------------------------------------------------------------------
@@ -243,7 +243,7 @@ def test_a_file_of_another_model_is_refused_naming_the_model_and_the_file(monkey
     with pytest.raises(ValueError) as err:
         load_clip("ViT-B-32", "openai", device="cpu")
     message = str(err.value)
-    assert "'ViT-B-32'" in message and str(folder / "ViT-B-32.pt") in message and "another shape" in message
+    assert "ViT-B-32" in message and str(folder / "ViT-B-32.pt") in message and "another model" in message
 
 
 def test_real_weights_from_a_file_load_without_the_random_init_warning_and_name_the_file(tmp_path, caplog, capsys):
@@ -256,3 +256,44 @@ def test_real_weights_from_a_file_load_without_the_random_init_warning_and_name_
     assert torch.equal(clip.visual.proj, reference.visual.proj)
     assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
     assert f"ViT-B-32 weights loaded from {tmp_path / 'vitb32.pt'}" in capsys.readouterr().err
+
+
+def test_a_truncated_or_wrong_model_file_is_one_line_and_never_makes_it_available(monkeypatch, tmp_path):
+    import open_clip
+
+    from zsadlab import backbone
+    from zsadlab.backbone import weights_available
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), tmp_path / "whole.pt")
+    whole = (tmp_path / "whole.pt").read_bytes()
+    monkeypatch.delenv("ZSADLAB_CLIP_WEIGHTS", raising=False)
+    monkeypatch.setenv("ZSADLAB_WEIGHTS_DIR", str(folder))
+    (folder / "ViT-B-32.pt").write_bytes(whole[: len(whole) // 2])
+    assert weights_available("ViT-B-32", "openai") is False
+    with pytest.raises(WeightsUnavailableError) as err:
+        load_clip("ViT-B-32", "openai", device="cpu")
+    assert str(folder / "ViT-B-32.pt") in str(err.value) and "truncated" in str(err.value)
+    assert "\n" not in str(err.value)
+    reads, real_stored_bytes = [], backbone._stored_bytes
+    monkeypatch.setattr(backbone, "_stored_bytes", lambda path: reads.append(path) or 0)
+    (folder / "ViT-B-32.pt").write_bytes(whole)  # a new version of the file: judged again, once
+    assert weights_available("ViT-B-32", "openai") is False and weights_available("ViT-B-32", "openai") is False
+    assert len(reads) == 1
+    monkeypatch.setattr(backbone, "_stored_bytes", real_stored_bytes)
+    backbone._weights_file_verdict.cache_clear()  # forget the verdict the stand-in gave
+    assert weights_available("ViT-B-32", "openai") is True
+
+
+def test_auto_does_not_choose_full_on_weight_files_it_cannot_load(monkeypatch, tmp_path, capsys):
+    from zsadlab.profiles import PROFILES, get_profile
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for backbone in {setup.backbone for setup in PROFILES["full"].setups.values()}:
+        (folder / f"{backbone.name}.pt").write_bytes(b"PK\x03\x04 cut off by a failed download")
+    monkeypatch.delenv("ZSADLAB_CLIP_WEIGHTS", raising=False)
+    monkeypatch.setenv("ZSADLAB_WEIGHTS_DIR", str(folder))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert get_profile("auto").name == "smoke"

@@ -87,3 +87,12 @@ def test_the_precision_is_part_of_the_training_key(tmp_path, monkeypatch):
         monkeypatch.setattr(cache, "precision_of", lambda model, device, amp, p=precision: p)
         keys[precision] = load_or_train(model, data, tmp_path / "cache", epochs=1, progress=False).key
     assert keys["fp16"] != keys["fp32"]
+def test_a_cache_entry_another_process_is_writing_is_refused_naming_it_and_its_pid(tmp_path, lock_holder):
+    import pytest
+
+    from zsadlab.utils import FolderBusyError
+
+    _, first = _trained(tmp_path, tmp_path / "cache")
+    holder = lock_holder(first.folder)
+    with pytest.raises(FolderBusyError, match=rf"{first.key}.*pid {holder.pid}"):
+        _trained(tmp_path, tmp_path / "cache")

@@ -1,6 +1,8 @@
 """The ``zsadlab`` train / test / predict commands, end to end in the smoke profile."""
 import csv
+import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -192,3 +194,172 @@ def test_prepare_warnings_are_printed_as_one_plain_line(monkeypatch, tmp_path, c
     captured = capsys.readouterr()
     assert captured.err == "warning: skipped 1 unreadable image: raw/bad.png\n"
     assert "prepared mpdd" in captured.out
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_training_into_a_folder_of_the_users_files_is_refused_and_they_are_unchanged(data_root, tmp_path, capsys):
+    userrun = tmp_path / "userrun"
+    userrun.mkdir()
+    (userrun / "epoch_1.pth").write_text("mine\n")
+    before = _snapshot(userrun)
+    assert cli.main(["train", "--profile", "smoke", "--data-root", str(data_root), "--out", str(userrun)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(userrun) in err and "epoch_1.pth" in err and "holds no run" in err
+    assert _snapshot(userrun) == before and sorted(p.name for p in userrun.iterdir()) == ["epoch_1.pth"]
+
+
+def test_predict_into_its_input_folder_is_refused_and_the_users_files_are_unchanged(tmp_path, write_image, capsys):
+    inout = tmp_path / "inout"
+    write_image(inout / "a.png")
+    write_image(inout / "a_overlay.png", value=3)
+    (inout / "scores.csv").write_text("my,own\n")
+    before = _snapshot(inout)
+    assert cli.main(["predict", "--method", "clip", "--profile", "smoke", str(inout), "--out", str(inout)]) == 2
+    assert "holds the input image" in capsys.readouterr().err
+    assert _snapshot(inout) == before
+
+
+def test_a_second_train_on_the_same_out_exits_2_naming_the_folder_and_the_first_ones_pid(data_root, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "runs" / "c"
+    repo = Path(__file__).resolve().parents[1]
+    # The first writer: a real `zsadlab train` whose first step waits until the second one has finished.
+    gate = tmp_path / "gate"
+    first_code = ("import pathlib, sys, time; from zsadlab import cli, engine\n"
+                  "real = engine.fit\n"
+                  "def fit(*a, **k):\n    print('training', flush=True)\n"
+                  f"    while not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.05)\n"
+                  "    return real(*a, **k)\n"
+                  "engine.fit = fit\nsys.exit(cli.main(sys.argv[1:]))")
+    common = ["train", "--profile", "smoke", "--data-root", str(data_root), "--out", str(run)]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    first = subprocess.Popen([sys.executable, "-c", first_code, *common, "--seed", "1"], stdout=subprocess.PIPE,
+                             text=True, env=env, cwd=tmp_path)
+    try:
+        assert "training" in iter(lambda: first.stdout.readline().strip(), "")  # after the profile's banner
+        second = subprocess.run([sys.executable, "-m", "zsadlab", *common, "--seed", "2"], capture_output=True,
+                                text=True, env=env, cwd=tmp_path)
+    finally:
+        gate.touch()
+    assert first.wait(timeout=1800) == 0
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.count("\n") == 1 and str(run) in second.stderr and f"pid {first.pid}" in second.stderr
+    assert engine.run_record(run)["seed"] == 1 and engine.completed_epochs(run) == 1
+
+
+@pytest.mark.parametrize("evil", ["../../../../pwned", "ABSOLUTE"])
+def test_a_meta_json_class_name_that_is_a_path_is_refused_naming_the_file(evil, data_root, tmp_path, capsys):
+    import json
+    import shutil
+
+    if evil == "ABSOLUTE":
+        evil = str(tmp_path / "outside" / "pwned")
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "synthetic_industrial", root / "evil")
+    meta_path = root / "evil" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for split in meta.values():
+        name = sorted(split)[0]
+        split[evil] = [{**item, "cls_name": evil} for item in split.pop(name)]
+    meta_path.write_text(json.dumps(meta))
+    out = tmp_path / "res" / "evil"
+    assert cli.main(["test", "--profile", "smoke", "--method", "inctrl", "--dataset", "evil", "--data-root",
+                     str(root), "--out", str(out)]) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("note:")]
+    assert len(error) == 1 and str(meta_path) in error[0] and evil in error[0]
+    assert not list(tmp_path.rglob("*pwned*")) and not list(out.rglob("*.json"))
+
+
+def test_an_image_path_starting_with_a_dash_says_to_put_double_dash_before_it(tmp_path, write_image, monkeypatch,
+                                                                               capsys):
+    monkeypatch.chdir(tmp_path)
+    write_image(tmp_path / "-x.png")
+    assert cli.main(["predict", "--method", "clip", "--profile", "smoke", "-x.png", "--out", "out"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "-x.png" in err and "put -- before" in err
+    assert cli.main(["predict", "--method", "clip", "--profile", "smoke", "--out", "out", "--", "-x.png"]) == 0
+    assert (tmp_path / "out" / "scores.csv").is_file()
+
+
+def test_a_bogus_zsadlab_device_names_the_variable(monkeypatch, capsys):
+    monkeypatch.setenv("ZSADLAB_DEVICE", "bogus")
+    assert cli.main(["test", "--method", "clip", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "$ZSADLAB_DEVICE 'bogus' is not a device name" in err and "None" not in err
+
+
+def test_ctrl_c_during_prepare_is_one_line_with_exit_130_and_leaves_nothing(monkeypatch, tmp_path, capsys):
+    from zsadlab.data import registry
+
+    def interrupted(writer, seed):
+        writer.normal(np.zeros((8, 8, 3), np.uint8), "brick", "000.png", "train")
+        raise KeyboardInterrupt
+
+    entry = dataclasses.replace(registry.entry("synthetic_industrial"), generate=interrupted)
+    monkeypatch.setitem(registry.REGISTRY, "synthetic_industrial", entry)
+    assert cli.main(["data", "prepare", "synthetic_industrial", "--out", str(tmp_path / "out")]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "interrupted: nothing was written" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_class_with_fewer_normals_than_shots_is_one_line_and_the_other_rows_are_kept(data_root, tmp_path, capsys):
+    import json
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "synthetic_industrial", root / "short")
+    meta_path = root / "short" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["train"]["brick"] = meta["train"]["brick"][:2]
+    meta_path.write_text(json.dumps(meta))
+    out = tmp_path / "res"
+    assert cli.main(["test", "--profile", "smoke", "--method", "inctrl", "--dataset", "short", "--data-root",
+                     str(root), "--shots", "4", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("warning:")] == [
+        "warning: short/brick has 2 normal image(s), fewer than the k=4 prompts it needs: its row is left "
+        "undefined ('-'); use at most 2 shots for it."]
+    rows = {r["class"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert rows["brick"]["image_auroc"] == "nan" and float(rows["coffee"]["image_auroc"]) >= 0
+    assert float(rows["gravel"]["image_auroc"]) >= 0 and rows["mean"]["image_auroc"] != "nan"
+
+
+@pytest.fixture
+def normals_only(data_root, tmp_path):
+    """A copy of synthetic_industrial whose meta.json lists only its normal images."""
+    import json
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "synthetic_industrial", root / "normals")
+    meta_path = root / "normals" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta = {split: {c: [i for i in items if not i["anomaly"]] for c, items in classes.items()}
+            for split, classes in meta.items()}
+    meta_path.write_text(json.dumps(meta))
+    return root
+
+
+def test_anomalyclip_trained_without_anomalies_warns_in_one_line(normals_only, tmp_path, capsys):
+    assert cli.main(["train", "--profile", "smoke", "--dataset", "normals", "--data-root", str(normals_only),
+                     "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "training images are normal" in warned[0] and "no anomalous" in warned[0]
+
+
+def test_inctrl_trained_on_one_label_data_is_one_line_and_leaves_no_run_folder(normals_only, tmp_path, capsys):
+    run = tmp_path / "runs" / "inctrl"
+    assert cli.main(["train", "--method", "inctrl", "--profile", "smoke", "--dataset", "normals", "--data-root",
+                     str(normals_only), "--out", str(run)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no anomalous ones" in errors[0] and "normals" in errors[0]
+    assert not run.exists()

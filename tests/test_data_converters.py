@@ -389,3 +389,12 @@ def test_prepared_meta_json_reads_with_the_official_reader_rule(tmp_path, write_
         assert bool(item["mask_path"]) == bool(item["anomaly"])
         if item["anomaly"]:
             assert (np.array(Image.open(root / item["mask_path"]).convert("L")) > 0).any()
+
+
+def test_headct_labels_csv_listing_an_id_twice_says_so(tmp_path, write_image):
+    headct_raw(tmp_path / "raw", write_image, None)
+    with (tmp_path / "raw/labels.csv").open("a") as handle:
+        handle.write("3,1\n")
+    with pytest.raises(DatasetError, match=r"labels.csv: id 3 is listed twice"):
+        prepare("headct", raw=tmp_path / "raw", out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
 """Specification of AnomalyDataset and collate (the API every method and notebook uses)."""
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -279,3 +280,27 @@ def test_budget_works_on_training_splits(budget_root):
     pool = AnomalyDataset(budget_root, "inctrl_train").budget(max_images_per_class=4)
     # the pool holds both splits: bottle 13 normal + 4 anomalous -> 1 of 4; cable 6 + 1 -> 1 of 4
     assert counts(pool) == {("bottle", 0): 3, ("bottle", 1): 1, ("cable", 0): 3, ("cable", 1): 1}
+
+
+def test_an_image_of_extreme_aspect_ratio_is_resized_without_a_huge_intermediate(tmp_path, write_image, monkeypatch):
+    import subprocess
+    import sys
+
+    from zsadlab.data import dataset as dataset_module
+    from zsadlab.data.dataset import image_tensor
+
+    path = write_image(tmp_path / "line.png", size=(30000, 1))
+    code = ("import resource, sys; from zsadlab.data.dataset import image_tensor\n"
+            "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "before = peak(); t = image_tensor(sys.argv[1], 240, 'shorter_side_center_crop')\n"
+            "print(tuple(t.shape), peak() - before)")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr[-500:]
+    shape, peak_kib = done.stdout.rsplit(" ", 1)
+    assert shape == "(3, 240, 240)" and int(peak_kib) < 2**18  # < 256 MiB more; the 7.2e6 x 240 intermediate is 5 GB
+    ordinary = write_image(tmp_path / "wide.png", size=(300, 37))
+    exact = image_tensor(ordinary, 64, "shorter_side_center_crop")
+    monkeypatch.setattr(dataset_module, "MAX_INTERMEDIATE_PIXELS", 0)  # the bounded path on an ordinary image
+    bounded = image_tensor(ordinary, 64, "shorter_side_center_crop")
+    assert (bounded - exact).abs().max() <= 2 / 255 / 0.26  # at most a rounding step of uint8, normalised

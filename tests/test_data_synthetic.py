@@ -1,7 +1,6 @@
 """Specification of the synthetic smoke sets and ensure_dataset."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,8 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("name", ["synthetic_industrial", "synthetic_ultrasound"])
-def test_same_seed_gives_byte_identical_files_in_under_5_seconds(name, tmp_path):
-    start = time.perf_counter()
+def test_same_seed_gives_byte_identical_files(name, tmp_path):
     first = prepare(name, out=tmp_path / "a", seed=7)
-    assert time.perf_counter() - start < 5
     second = prepare(name, out=tmp_path / "b", seed=7)
     assert _files(first) == _files(second)
     assert _files(prepare(name, out=tmp_path / "c", seed=8)) != _files(first)

@@ -7,8 +7,8 @@ folder, builds both through the full profile's backbones (``$ZSADLAB_WEIGHTS_DIR
 user's real files take), then runs one AnomalyCLIP prediction and one training step at 518 px,
 loads a prompt learner in the official checkpoint layout, and runs one InCTRL forward at 240 px.
 
-Minutes and several GB of memory: run it on purpose only,
-``ZSADLAB_FULLSIZE=1 python -m pytest -q -m fullsize tests/test_fullsize.py``.
+About a minute and 4.4 GB of memory: ``make test`` runs it (``make test-fullsize`` runs only it,
+``ZSADLAB_FULLSIZE=1 python -m pytest -q -m fullsize tests/test_fullsize.py``).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 from open_clip.model import convert_weights_to_fp16
 
 from zsadlab.anomalyclip import AnomalyCLIP, load_official_checkpoint
-from zsadlab.inctrl import InCTRL, InCTRLConfig
+from zsadlab.inctrl import InCTRL
 from zsadlab.profiles import PROFILES
 
 pytestmark = [
@@ -118,9 +118,10 @@ def test_anomalyclip_at_full_size_predicts_trains_and_loads_the_official_checkpo
 def test_inctrl_at_full_size_runs_a_forward_pass(full_weights):
     clip = FULL.inctrl_backbone.build("cpu")
     assert clip.visual.conv1.weight.shape == (896, 3, 16, 16)
-    size = FULL.inctrl_image_size
-    assert size == 240
-    model = InCTRL(clip, InCTRLConfig(layers=FULL.inctrl_layers, image_size=size)).eval()
+    config = FULL.config("inctrl")
+    size = config.image_size
+    assert size == 240 and config.layers == (7, 9, 11)
+    model = InCTRL(clip, config).eval()
     torch.manual_seed(0)
     with torch.no_grad():
         out = model(torch.randn(1, 3, size, size), torch.randn(2, 3, size, size), "object")

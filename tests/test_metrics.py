@@ -376,3 +376,14 @@ def test_f1_max_threshold_is_where_the_best_f1_is_reached():
     tp = int((predicted & (labels == 1)).sum())
     f1 = 2 * tp / (predicted.sum() + labels.sum())
     assert threshold == 0.35 and f1 == pytest.approx(f1_max(scores, labels))
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5])
+def test_aupro_of_constant_maps_is_undefined_under_both_methods(value):
+    from zsadlab.metrics import UndefinedMetricError
+
+    masks = np.zeros((2, 16, 16))
+    masks[0, 4:8, 4:8] = 1
+    for method in ("mvtec", "anomalyclip"):
+        with pytest.raises(UndefinedMetricError, match="constant"):
+            metrics.aupro(np.full((2, 16, 16), value), masks, method=method)

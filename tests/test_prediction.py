@@ -1,6 +1,7 @@
 """``predict_images``: outputs that can be trusted - one row per input, distinct overlays, csv-safe names,
 unreadable images reported, scores.csv replaced atomically, the method's own preprocessing."""
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from zsadlab import engine
 from zsadlab.data import image_tensor
 from zsadlab.engine.building import input_normalisation
 from zsadlab.engine.prediction import model_input, overlay_names
+from zsadlab.errors import InputError
 from zsadlab.profiles import get_profile
 
 
@@ -68,7 +70,7 @@ def test_an_unreadable_image_is_reported_and_the_others_are_scored(clip_model, t
 def test_a_stale_scores_csv_from_an_earlier_run_is_replaced(clip_model, tmp_path, write_image):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "scores.csv").write_text("path,score\nold.png,0.5\nolder.png,0.1\n")
+    (out / "scores.csv").write_text("path,score,overlay,status\nold.png,0.5,,ok\nolder.png,0.1,,ok\n")
     image = write_image(tmp_path / "in" / "new.png")
     engine.predict_images(clip_model, [image], out)
     assert [r["path"] for r in rows_of(out)] == [str(image)]
@@ -102,3 +104,46 @@ def test_few_shot_prediction_scores_each_image_alone(tmp_path, write_image):
 def rows_of_run(model, images, refs, out):
     engine.predict_images(model, images, out, prompts=[refs[0].parent])
     return rows_of(out)
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_an_out_folder_holding_the_inputs_is_refused_and_the_users_files_are_unchanged(clip_model, tmp_path,
+                                                                                       write_image):
+    inout = tmp_path / "inout"
+    write_image(inout / "a.png")
+    write_image(inout / "a_overlay.png", value=7)
+    (inout / "scores.csv").write_text("mine\n")
+    before = _snapshot(inout)
+    with pytest.raises(InputError, match="holds the input image"):
+        engine.predict_images(clip_model, [inout], inout)
+    assert _snapshot(inout) == before
+
+
+def test_a_file_predict_did_not_write_is_never_replaced(clip_model, tmp_path, write_image):
+    image = write_image(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    write_image(out / "a_overlay.png", value=7)
+    before = _snapshot(out)
+    with pytest.raises(InputError, match="a_overlay.png"):
+        engine.predict_images(clip_model, [image], out)
+    assert _snapshot(out) == before
+    (out / "a_overlay.png").unlink()
+    (out / "scores.csv").write_text("id,label\n1,0\n")  # the user's own scores.csv
+    before = _snapshot(out)
+    with pytest.raises(InputError, match="scores.csv"):
+        engine.predict_images(clip_model, [image], out)
+    assert _snapshot(out) == before
+
+
+def test_a_second_run_replaces_its_own_outputs_and_never_scores_them(clip_model, tmp_path, write_image):
+    image = write_image(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    engine.predict_images(clip_model, [image], out)
+    engine.predict_images(clip_model, [image], out)  # its own overlay and scores.csv may be replaced
+    assert [r["path"] for r in rows_of(out)] == [str(image)]
+    write_image(out / "b.png")  # the output folder given as input: its overlays are not images to score
+    engine.predict_images(clip_model, [out], tmp_path / "again")
+    assert [Path(r["path"]).name for r in rows_of(tmp_path / "again")] == ["b.png"]

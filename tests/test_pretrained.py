@@ -131,3 +131,24 @@ def test_inctrl_weights_are_accepted_from_a_file_only_and_checked_by_their_layou
 def test_an_unknown_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="anomalyclip-mvtec"):
         pull("anomalyclip-mvtc")
+
+
+def test_a_truncated_file_given_with_from_is_named_not_its_temporary_copy(tmp_path):
+    heads = {f"{h}.fc.weight": torch.ones(64) for h in ("adapter", "diff_head", "diff_head_ref")}
+    torch.save(heads, tmp_path / "full.pth")
+    (tmp_path / "inctrl.pth").write_bytes((tmp_path / "full.pth").read_bytes()[:300])
+    with pytest.raises(ValueError) as err:
+        pull("inctrl", from_file=tmp_path / "inctrl.pth", home=tmp_path / "home")
+    assert str(tmp_path / "inctrl.pth") in str(err.value) and ".tmp" not in str(err.value)
+    assert "truncated" in str(err.value) and not list((tmp_path / "home").rglob("*.pth"))
+
+
+def test_a_zsadlab_home_that_is_a_file_names_the_variable(tmp_path, monkeypatch, capsys):
+    from zsadlab import cli
+
+    (tmp_path / "home").write_text("not a folder")
+    monkeypatch.setenv("ZSADLAB_HOME", str(tmp_path / "home"))
+    torch.save({"prompt_learner": {}}, tmp_path / "x.pth")
+    assert cli.main(["pull", "anomalyclip-mvtec", "--from", str(tmp_path / "x.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "$ZSADLAB_HOME=" in err and "is a file" in err and "Free some space" not in err

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from zsadlab.utils import (
+    FolderBusyError,
     OutputError,
     atomic_path,
     check_writable,
+    folder_lock,
     load_torch_file,
     pick_device,
     save_torch_atomic,
@@ -169,3 +171,20 @@ def test_the_file_is_fsynced_before_the_rename(tmp_path, monkeypatch):
         tmp.write_bytes(b"data")
     assert calls == ["fsync", "replace"]
     assert (tmp_path / "a.bin").read_bytes() == b"data"
+
+
+def test_a_folder_locked_by_another_process_is_refused_naming_it_and_the_pid(tmp_path, lock_holder):
+    holder = lock_holder(tmp_path / "run")
+    with pytest.raises(FolderBusyError, match=rf"{tmp_path / 'run'} is being written .*pid {holder.pid}\)"):
+        with folder_lock(tmp_path / "run"):
+            pass
+
+
+def test_the_lock_of_a_killed_process_is_taken_over_and_is_reentrant_in_one_process(tmp_path, lock_holder):
+    holder = lock_holder(tmp_path)
+    holder.kill()
+    holder.wait()
+    assert str(holder.pid) in (tmp_path / ".zsadlab.lock").read_text()  # stale: the file stays, the lock is gone
+    with folder_lock(tmp_path), folder_lock(tmp_path):
+        assert (tmp_path / ".zsadlab.lock").read_text().strip() == str(os.getpid())
+    assert list(tmp_path.iterdir()) == []  # released: no lock file left behind

@@ -46,6 +46,8 @@ from .maps import (
 from .checkpoints import load_submodule_checkpoint
 from .methods import Method, Setup, clip_model_builder, learned_state, masked_test_split_recipe, register_method
 from .prompts import PromptLearner, ensemble_text_features
+from .errors import CheckpointError
+from .checkpoints import read_checkpoint
 from .utils import save_torch_atomic
 
 TEXT_SOURCES = ("learned", "ensemble")
@@ -253,8 +255,30 @@ def make_optimizer(model: AnomalyCLIP, lr: float | None = None,
     return torch.optim.Adam(model.prompt_learner.parameters(), lr=lr or 1e-3, betas=betas or (0.5, 0.999))
 
 
+def checkpoint_kind(state) -> str:
+    """``"anomalyclip"`` for a prompt learner with deep text prompts (``compound_prompts_text.*``,
+    depth > 1), ``"coop"`` for one without (learnable context only), ``"unknown"`` otherwise."""
+    learner = state.get("prompt_learner") if isinstance(state, dict) else None
+    if not isinstance(learner, dict):
+        return "unknown"
+    return "anomalyclip" if any(str(k).startswith("compound_prompts_text.") for k in learner) else "coop"
+
+
+def _refuse_other_kind(model: AnomalyCLIP, path: str | Path) -> None:
+    """One line when the file is a CoOp checkpoint given to AnomalyCLIP, or the reverse."""
+    kind = checkpoint_kind(read_checkpoint(path, what="AnomalyCLIP checkpoint"))
+    wanted = "anomalyclip" if model.config.depth > 1 else "coop"
+    if kind not in ("unknown", wanted):
+        deep = "deep text prompts" if kind == "anomalyclip" else "no deep text prompts"
+        article = {"anomalyclip": "an", "coop": "a"}
+        raise CheckpointError(f"{path} is {article[kind]} {kind} checkpoint ({deep}), not {article[wanted]} {wanted} "
+                              f"one: load it with --method {kind} (engine.build_model('{kind}', ...)).")
+
+
 def load_official_checkpoint(model: AnomalyCLIP, path: str | Path) -> AnomalyCLIP:
-    """Load an official ``{"prompt_learner": state_dict}`` file (e.g. ``epoch_15.pth``) safely."""
+    """Load an official ``{"prompt_learner": state_dict}`` file (e.g. ``epoch_15.pth``) safely; a CoOp
+    checkpoint given to AnomalyCLIP (or the reverse) is named as such."""
+    _refuse_other_kind(model, path)
     load_submodule_checkpoint(model.prompt_learner, path, "prompt_learner", "AnomalyCLIP checkpoint",
                               "Check n_ctx / depth / t_n_ctx and the backbone width against the checkpoint.")
     return model

@@ -20,11 +20,14 @@ then patches row-major), ``W`` tower width, ``D`` joint embedding dim.
 """
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import socket
 import sys
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -129,6 +132,10 @@ class WeightsUnavailableError(RuntimeError):
     """Pretrained weights are neither on disk nor downloadable from here."""
 
 
+class WeightsFileError(WeightsUnavailableError, ValueError):
+    """A weights file that is there but cannot be loaded (truncated, damaged, another model's)."""
+
+
 def _hf_cached_file(hf_hub: str, cache_dir: str | None) -> Path | None:
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -187,17 +194,80 @@ def hub_reachable(timeout: float = OFFLINE_PROBE_SECONDS) -> bool:
 
 
 def weights_available(name: str, pretrained: str) -> bool:
-    """True when :func:`load_clip` would find the weights of ``name`` without a download.
+    """True when :func:`load_clip` would find loadable weights of ``name`` without a download: a file
+    that is truncated or holds another model's weights (:func:`weights_file_problem`) does not count.
 
     A weights variable or ``pretrained`` path that names a missing file raises
     :class:`WeightsUnavailableError` instead of quietly answering ``False``.
     """
-    if local_weights_file(name, pretrained):
-        return True
+    local = local_weights_file(name, pretrained)
+    if local is None:
+        try:
+            local = cached_weights(name, pretrained)
+        except ValueError:
+            return False
+    return local is not None and weights_file_problem(local, name) is None
+
+
+@functools.lru_cache(maxsize=None)
+def _parameter_count(name: str) -> int:
+    """Elements in the state dict of open_clip model ``name`` (built on the meta device: no memory, no init)."""
+    quiet = _DropRandomInitWarning()
+    logging.getLogger().addFilter(quiet)
     try:
-        return cached_weights(name, pretrained) is not None
-    except ValueError:
-        return False
+        model = open_clip.create_model(name, pretrained=None, device="meta")
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    return sum(t.numel() for t in model.state_dict().values())
+
+
+def _stored_bytes(path: Path) -> int | None:
+    """Bytes of tensor data in a weights file, read from its index only (zip directory, safetensors header);
+    None for a format without one (a legacy pickle). Raises ``ValueError`` for a truncated or damaged file."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.suffix == ".safetensors":
+        size = int.from_bytes(head, "little") if len(head) == 8 else -1
+        try:
+            with open(path, "rb") as f:
+                f.seek(8)
+                header = json.loads(f.read(size)) if 0 < size < 100 * 2**20 else None
+            end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
+        except (TypeError, ValueError, KeyError, AttributeError):
+            raise ValueError("its safetensors header is damaged") from None
+        if path.stat().st_size < 8 + size + end:
+            raise ValueError("it is truncated (shorter than its safetensors header says)")
+        return end
+    if not head.startswith(b"PK"):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:  # reads only the central directory at the end
+            return sum(i.file_size for i in archive.infolist() if i.filename.split("/")[-2:-1] == ["data"])
+    except (zipfile.BadZipFile, OSError):
+        raise ValueError("it is truncated or damaged (its zip directory cannot be read)") from None
+
+
+def weights_file_problem(path: str | os.PathLike, name: str) -> str | None:
+    """Why the file at ``path`` cannot hold the weights of open_clip model ``name`` (truncated, damaged, or
+    the size of another model's), from its header and size only; None when it looks right. The verdict is
+    remembered per file version (path, size, modification time)."""
+    stat = Path(path).stat()
+    return _weights_file_verdict(str(path), stat.st_size, stat.st_mtime_ns, name)
+
+
+@functools.lru_cache(maxsize=256)
+def _weights_file_verdict(path: str, size: int, mtime_ns: int, name: str) -> str | None:
+    try:
+        stored = _stored_bytes(Path(path))
+    except (ValueError, OSError) as err:
+        return str(err)
+    count = _parameter_count(name)
+    low, high = 2 * count * 0.9, 4 * count * 1.1  # fp16 .. fp32 tensors, with room for extra buffers
+    stored = size if stored is None else stored
+    if stored < low or (stored > high and stored != size):
+        return (f"it holds {stored / 2**20:.0f} MiB of tensors, but {name} needs {low / 2**20:.0f}-"
+                f"{high / 2**20:.0f} MiB ({count / 1e6:.0f}M values): it is truncated or another model's weights")
+    return None
 
 
 def _looks_like_path(pretrained: str | None) -> bool:
@@ -298,6 +368,10 @@ def _offline_message(name: str, pretrained: str) -> str:
     )
 
 
+def _offline_hint(name: str) -> str:
+    return f"e.g. {WEIGHTS_DIR_ENV}/{name}.pt; see README, 'Weights: one file per backbone'"
+
+
 def _uses_quick_gelu(name: str, pretrained: str | None) -> bool:
     """QuickGELU for OpenAI weights (open_clip's tag config says so); for a weight file, when the
     model name has OpenAI weights only (e.g. ViT-L-14-336)."""
@@ -345,6 +419,10 @@ def load_clip(name: str, pretrained: str, device: str | torch.device | None = No
     device = pick_device(str(device) if device is not None else None)
     quick_gelu = _uses_quick_gelu(name, None if _looks_like_path(pretrained) else pretrained)
     local = local_weights_file(name, pretrained) or cached_weights(name, pretrained)
+    problem = weights_file_problem(local, name) if local is not None else None
+    if problem is not None:
+        raise WeightsFileError(f"{local} cannot be the {name} weights: {problem}. Replace it with the "
+                                      f"complete {name} file ({_offline_hint(name)}).")
     if local is not None:
         model = clip_from_file(name, local, quick_gelu)
     elif not hub_reachable():

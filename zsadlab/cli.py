@@ -12,22 +12,23 @@ Multi-GPU: ``torchrun --standalone --nproc_per_node N -m zsadlab train ...``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from . import engine, pretrained
 from .backbone import WeightsUnavailableError
 from .data import ensure_dataset, fetch_raw, prepare, registry
-from .engine.prediction import check_prompts, check_set_size, user_images
+from .engine.prediction import check_outputs, check_prompts, check_set_size, user_images
 from .errors import InputError, UserError
 from .methods import get_method, method_names
 from .profiles import PROFILES, get_profile
-from .utils import OutputError, check_writable, pick_device
+from .utils import DEVICE_ENV, OutputError, check_writable, pick_device
 
 Builder = Callable[[argparse._SubParsersAction], None]
 
@@ -37,12 +38,26 @@ def _data_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_prepare(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _plain_warnings() -> Iterator[None]:
+    """The package's warnings (skipped images, a class with too few normals) as one plain line each."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        root = prepare(args.name, raw=args.raw, out=args.out, seed=args.seed, overwrite=args.force)
-    for warning in caught:  # e.g. skipped images: one plain line each, no source location
-        print(f"warning: {warning.message}", file=sys.stderr)
+        try:
+            yield
+        finally:
+            for warning in caught:
+                print(f"warning: {warning.message}", file=sys.stderr)
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    with _plain_warnings():
+        try:
+            root = prepare(args.name, raw=args.raw, out=args.out, seed=args.seed, overwrite=args.force)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: nothing was written to {args.out or 'data/' + args.name}; run the same command "
+                  "again to prepare it", file=sys.stderr)
+            return 130
     print(f"prepared {args.name} in {root}")
     return 0
 
@@ -111,17 +126,20 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def checked_device(name: str | None) -> torch.device:
     """``--device`` as a torch device that exists on this machine, else an :class:`InputError`."""
+    source = "--device" if name else f"${DEVICE_ENV}"  # pick_device falls back to the environment variable
+    name = name or os.environ.get(DEVICE_ENV)
     try:
         device = pick_device(name)
     except RuntimeError:
-        raise InputError(f"--device {name!r} is not a device name; use cpu, cuda, cuda:1 or mps") from None
+        raise InputError(f"{source} {name!r} is not a device name; use cpu, cuda, cuda:1 or mps"
+                         + (f" (or unset {DEVICE_ENV})" if source != "--device" else "")) from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(),
                  "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
     if not available.get(device.type, False):
-        raise InputError(f"--device {name}: no {device.type} device on this machine; use --device cpu "
+        raise InputError(f"{source} {name}: no {device.type} device on this machine; use --device cpu "
                          "(or leave it out for the best available)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise InputError(f"{source} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -139,19 +157,20 @@ def _method_train(args: argparse.Namespace) -> int:
                          f"train one of {[n for n in method_names() if get_method(n).recipe]}")
     if args.shots is not None and not spec.few_shot:
         raise InputError(f"--shots is for few-shot methods; {args.method} takes no reference images")
-    check_writable(args.out)
-    profile, model = _model(args)
-    root = ensure_dataset(args.dataset or profile.train_dataset, args.data_root)
-    before = engine.completed_epochs(args.out)
-    try:
-        history = engine.fit(model, root, epochs=args.epochs, batch_size=args.batch_size, out_dir=args.out,
-                             seed=args.seed, shots=args.shots, amp=args.amp, num_workers=args.workers)
-    except KeyboardInterrupt:
-        if engine.is_main_process():
-            done = engine.completed_epochs(args.out)
-            print(f"\ninterrupted: {done} epoch(s) saved in {args.out}; run the same command again to resume",
-                  file=sys.stderr)
-        return 130
+    with engine.run_folder(Path(args.out), engine.is_main_process()):  # one writer; before any compute
+        profile, model = _model(args)
+        root = ensure_dataset(args.dataset or profile.train_dataset, args.data_root)
+        before = engine.completed_epochs(args.out)
+        try:
+            with _plain_warnings():
+                history = engine.fit(model, root, epochs=args.epochs, batch_size=args.batch_size, out_dir=args.out,
+                                     seed=args.seed, shots=args.shots, amp=args.amp, num_workers=args.workers)
+        except KeyboardInterrupt:
+            if engine.is_main_process():
+                done = engine.completed_epochs(args.out)
+                print(f"\ninterrupted: {done} epoch(s) saved in {args.out}; run the same command again to resume",
+                      file=sys.stderr)
+            return 130
     ran = len(history["epoch_total"]) - before
     if engine.is_main_process():
         if ran == 0:
@@ -196,7 +215,8 @@ def _method_test(args: argparse.Namespace) -> int:
     profile, model = _model(args)
     _load_or_warn(model, args)
     root = ensure_dataset(args.dataset or profile.test_dataset, args.data_root)
-    table = engine.test(model, root, shots=args.shots or 4, seeds=args.seeds or [0], out_dir=args.out, amp=args.amp)
+    with _plain_warnings():
+        table = engine.test(model, root, shots=args.shots or 4, seeds=args.seeds or [0], out_dir=args.out, amp=args.amp)
     print(table)
     if args.out:
         print(f"saved {table.to_csv(Path(args.out) / 'results.csv')} and {table.to_json(Path(args.out) / 'results.json')}")
@@ -209,7 +229,7 @@ def _method_predict(args: argparse.Namespace) -> int:
     check_prompts(get_method(args.method), args.prompts)
     images = user_images(args.images)  # the inputs and the output folder are checked before the model is built
     check_set_size(get_method(args.method), len(images), " ".join(args.images))
-    check_writable(args.out)
+    check_outputs(images, args.out)
     profile, model = _model(args)
     _load_or_warn(model, args)
     written = engine.predict_images(model, args.images, out_dir=args.out, class_name=args.class_name,
@@ -295,7 +315,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``zsadlab`` console script; returns the exit status."""
-    args = parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    options = words[:words.index("--")] if "--" in words else words
+    dashed = next((w for w in options if w.startswith("-") and w not in ("-", "--") and Path(w).exists()), None)
+    if dashed is not None:  # argparse would read it as an unknown option
+        print(f"error: {dashed} is a path that starts with '-': put -- before such paths "
+              f"(zsadlab predict [options] -- {dashed})", file=sys.stderr)
+        return 2
+    args = parser().parse_args(words)
     try:
         return args.func(args)
     except BrokenPipeError:  # e.g. `zsadlab data list | head`

@@ -45,7 +45,7 @@ from .backbone import Backbone, block_tokens, freeze, grid_size, pooled_image_em
 from .checkpoints import read_checkpoint
 from .data import collate
 from .data.layout import INCTRL_TRAIN
-from .errors import CheckpointError
+from .errors import CheckpointError, UserError
 from .methods import Method, Recipe, Setup, clip_model_builder, learned_state, register_method
 from .prompts import inctrl_prompt_texts, mean_text_feature
 from .utils import save_torch_atomic
@@ -378,6 +378,11 @@ def training_plan(model: InCTRL, dataset, batch_size: int, seed: int, steps_per_
     rng = np.random.default_rng(seed)
     labels = [s.label for s in dataset.samples]
     names = [s.class_name for s in dataset.samples]
+    missing = [kind for kind, label in (("normal", 0), ("anomalous", 1)) if label not in labels]
+    if missing:
+        raise UserError(f"{getattr(dataset, 'root', 'the training set')}: InCTRL trains on balanced batches of normal "
+                        f"and anomalous images, but this set has no {' or '.join(missing)} ones; train on a set with "
+                        "both (its test split's defects count).")
     steps, shots = steps_per_epoch or model.config.steps_per_epoch, shots or model.config.shots
     batches = fewshot.balanced_batches(labels, batch_size, steps, rng)
     return [[(query, *prompts) for query, prompts in zip(batch, fewshot.sample_prompt_indices(

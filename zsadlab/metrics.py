@@ -406,11 +406,16 @@ def aupro(maps, masks, fpr_limit: float = 0.3, method: str = "mvtec") -> float:
     with the paper. It divides by the FPR range it covered, not by the limit, so it is not
     the MVTec value.
 
-    Raises ``ValueError`` for a set without anomalous pixels (PRO is undefined there).
+    Raises ``ValueError`` for a set without anomalous pixels (PRO is undefined there), and
+    :class:`UndefinedMetricError` for constant maps under both methods: they rank nothing (the
+    official thresholds ``np.arange(min, max, 0)`` do not exist), so neither method gives a number.
     """
     if method not in AUPRO_METHODS:
         raise ValueError(f"method must be one of {AUPRO_METHODS}, got {method!r}.")
     fpr_limit = _check_fpr_limit(fpr_limit)
+    maps, masks = _pixel_inputs(maps, masks)
+    if maps.size and maps.min() == maps.max():
+        raise UndefinedMetricError("maps are constant: AUPRO is undefined (no threshold separates any pixels).")
     if method == "anomalyclip":
         return _anomalyclip_aupro(maps, masks, fpr_limit)
     fpr, pro = pro_curve(maps, masks, fpr_limit)

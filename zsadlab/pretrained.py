@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backbone import WeightsUnavailableError, host_reachable
+from .errors import InputError
 from .data.download import download, sha256_of
 from .utils import atomic_path, load_torch_file
 
@@ -72,8 +73,14 @@ PRETRAINED: dict[str, Pretrained] = {
 
 
 def home_dir(home: str | os.PathLike | None = None) -> Path:
-    """The cache folder: ``home`` if given, else ``$ZSADLAB_HOME``, else ``~/.cache/zsadlab``."""
-    return Path(home or os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser()
+    """The cache folder: ``home`` if given, else ``$ZSADLAB_HOME``, else ``~/.cache/zsadlab``; an
+    :class:`InputError` naming where it came from when that path is a file."""
+    folder = Path(home or os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser()
+    if folder.exists() and not folder.is_dir():
+        source = "home=" if home else (f"${HOME_ENV}=" if os.environ.get(HOME_ENV) else "the default cache folder ")
+        raise InputError(f"{source}{folder} is a file, not a folder: point {HOME_ENV} at a folder (or unset it to "
+                         f"use {DEFAULT_HOME}).")
+    return folder
 
 
 def git_blob_sha1(path: str | os.PathLike) -> str:
@@ -117,7 +124,10 @@ def verify(item: Pretrained, file: Path, origin: str) -> None:
                 f"{item.git_sha1}. Nothing was kept; download it again from {item.page}."
             )
         return
-    state = load_torch_file(file, what=f"{item.name} checkpoint")
+    try:
+        state = load_torch_file(file, what=f"{item.name} checkpoint")
+    except ValueError as err:  # name the user's file, not the temporary copy it is checked in
+        raise ValueError(str(err).replace(str(file), origin) + " Nothing was kept.") from None
     state = state.get("model_state", state) if isinstance(state, dict) else state
     heads = ("adapter.", "diff_head.", "diff_head_ref.")  # the official InCTRL head modules
     if not isinstance(state, dict) or not all(any(k.startswith(h) for k in state) for h in heads):

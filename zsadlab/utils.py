@@ -9,6 +9,11 @@ Writes: :func:`check_writable` tests an output folder before any compute;
 into place. A temporary left by a killed process is removed on the next write of
 that target. Any write failure becomes one :class:`OutputError` line naming the path.
 
+One writer per folder: :func:`folder_lock` holds an advisory ``fcntl.flock`` on ``<folder>/.zsadlab.lock``
+(which records the holder's pid) for as long as a process writes a run folder; a second process is
+refused with one :class:`FolderBusyError` line naming the folder and the holder's pid. The kernel drops
+the lock when its process dies, so a lock file left by a killed process is simply taken over.
+
 Reads: :func:`load_torch_file` (``torch.load`` with ``weights_only=True``) and
 :func:`load_torchscript_tensors` (the tensors of a TorchScript archive, read
 without running its code) never suggest loading a file unsafely.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import fcntl
 import io
 import json
 import os
@@ -50,12 +56,15 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+DEVICE_ENV = "ZSADLAB_DEVICE"
+
+
 def pick_device(preferred: str | None = None) -> torch.device:
     """Return ``preferred`` if given (``"cpu"``, ``"cuda:1"``...), else cuda > mps > cpu.
 
     The environment variable ``ZSADLAB_DEVICE`` overrides the automatic choice.
     """
-    choice = preferred or os.environ.get("ZSADLAB_DEVICE")
+    choice = preferred or os.environ.get(DEVICE_ENV)
     if choice and choice != "auto":
         return torch.device(choice)
     if torch.cuda.is_available():
@@ -115,6 +124,73 @@ def check_writable(folder: str | os.PathLike, need_bytes: int = 0) -> Path:
     return folder
 
 
+LOCK_FILE = ".zsadlab.lock"
+_held_locks: dict[Path, int] = {}  # folder -> how many nested folder_lock()s of this process hold it
+
+
+class FolderBusyError(OutputError):
+    """Another process is writing the same output folder."""
+
+
+def _lock_holder(lock: Path) -> str:
+    try:
+        return lock.read_text(encoding="utf-8").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold the one-writer lock of ``folder`` (created if needed) while the block runs; yield the folder.
+
+    An exclusive, non-blocking ``fcntl.flock`` on ``<folder>/.zsadlab.lock``: if another process
+    holds it, :class:`FolderBusyError` names the folder and that process's pid. Re-entrant within a
+    process (a nested call for the same folder holds nothing more). A lock file whose process died is
+    taken over (the kernel released its lock); the file is removed when the lock is released.
+    """
+    folder = check_writable(folder).resolve()
+    if folder in _held_locks:
+        _held_locks[folder] += 1
+        try:
+            yield folder
+        finally:
+            _held_locks[folder] -= 1
+        return
+    lock = folder / LOCK_FILE
+    fd = _locked(lock, folder)
+    _held_locks[folder] = 1
+    try:
+        yield folder
+    finally:
+        del _held_locks[folder]
+        lock.unlink(missing_ok=True)  # still held: a process waiting on this file finds it gone and retries
+        os.close(fd)
+
+
+def _locked(lock: Path, folder: Path) -> int:
+    """An open descriptor of ``lock`` that holds its flock and is still the file at that path, with our pid in it."""
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as err:
+            raise _output_error(lock, err) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FolderBusyError(f"{folder} is being written by another zsadlab process (pid {_lock_holder(lock)}); "
+                                  "wait for it to finish, or choose another output folder.") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:  # its holder removed it as we locked: lock the new one
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)
+
+
 def _tmp_prefix(path: Path) -> str:
     return f".{path.name}."
 
@@ -124,11 +200,12 @@ def _remove_orphans(path: Path) -> None:
     pattern = re.compile(re.escape(_tmp_prefix(path)) + r"(\d+)-[^.]+\.tmp")
     for candidate in path.parent.glob(_tmp_prefix(path) + "*.tmp"):
         match = pattern.fullmatch(candidate.name)
-        if match and not _process_alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             candidate.unlink(missing_ok=True)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while process ``pid`` runs (also another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,6 +1,6 @@
 """Notebook regression set-up: nbval on tests/notebooks/baselines/*.ipynb, then the numbers.
 
-``pyproject.toml`` adds ``--nbval --nbval-current-env`` to every pytest run. nbval executes each
+``make test`` and ``tests/cpu_matrix.py`` pass ``--nbval --nbval-current-env``. nbval executes each
 baseline once and compares the text of its outputs with the floating-point numbers masked
 (``sanitize.cfg``, made cwd-independent here). Each baseline's injected ``output_dir`` points
 into ``build/nbval/figures/<stem>``; the result tables the notebook writes there are compared

@@ -58,3 +58,11 @@ def test_json_tables_compare_keys_exactly_and_numbers_with_the_tolerance(tmp_pat
     table["V-V"]["per_seed"].append(0.1)
     assert mismatches(write(tmp_path, "longer.json", json.dumps(table)), reference)
     assert mismatches(write(tmp_path, "renamed.json", json.dumps({"Q-Q": table["V-V"]})), reference)
+
+
+def test_tables_in_percent_get_a_percent_sized_tolerance_and_name_existing_references():
+    from result_tables import PERCENT, PERCENT_TABLES, REFERENCES, table_atol
+
+    assert table_atol("02_dpam", "dpam_ablation.json") == ATOL * PERCENT >= 1.1e-4 * 10  # the measured CPU spread
+    assert table_atol("05_training_on_gpu", "x.csv") == ATOL
+    assert all((REFERENCES / table).is_file() for table in PERCENT_TABLES)

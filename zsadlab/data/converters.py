@@ -328,12 +328,16 @@ def headct(raw: Path, out: LayoutWriter, class_name: str) -> None:
     """
     folder = raw / "head_ct" / "head_ct" if (raw / "head_ct" / "head_ct").is_dir() else require_dir(raw, "head_ct")
     labels = require_file(raw, "labels.csv")
-    normals = []
+    normals, seen = [], set()
     for row in csv_rows(labels):
         try:
             image, hemorrhage = folder / f"{int(row['id']):03d}.png", int(row["hemorrhage"])
         except (KeyError, ValueError):
             raise DatasetError(f"{labels}: row {row} is not 'id, hemorrhage' with two integers.") from None
+        if image.name in seen:
+            raise DatasetError(f"{labels}: id {int(row['id'])} is listed twice; keep one row per image "
+                               "(the Kaggle file lists each of its 200 ids once).")
+        seen.add(image.name)
         if hemorrhage:
             out.anomalous(image, class_name, "defect", image.name)
         else:

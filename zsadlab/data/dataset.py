@@ -31,6 +31,10 @@ from .images import load_mask, load_rgb
 from .layout import Sample, samples
 
 RESIZE_MODES = ("squash", "shorter_side_center_crop")  # AnomalyCLIP's, InCTRL's
+# Above this many pixels the resized image of "shorter_side_center_crop" is never made: PIL resamples only
+# the box the centre crop keeps (the same sampling positions and filter scale), so an image of extreme
+# aspect ratio (10000x1 would need 2.4e6 x 240) costs what an ordinary one does.
+MAX_INTERMEDIATE_PIXELS = 1 << 24
 
 
 def checked_resize_mode(resize: str) -> str:
@@ -50,10 +54,13 @@ def resized(img: Image.Image, size: int | None, resize: str, resample: int) -> I
     width, height = img.size  # torchvision Resize(int): shorter side -> size, longer side truncated
     short, long = min(width, height), max(width, height)
     new_long = int(size * long / short)
-    img = img.resize((size, new_long) if width <= height else (new_long, size), resample)
-    left = int(round((img.width - size) / 2.0))  # torchvision CenterCrop offsets
-    top = int(round((img.height - size) / 2.0))
-    return img.crop((left, top, left + size, top + size))
+    new_w, new_h = (size, new_long) if width <= height else (new_long, size)
+    left = int(round((new_w - size) / 2.0))  # torchvision CenterCrop offsets
+    top = int(round((new_h - size) / 2.0))
+    if new_w * new_h > MAX_INTERMEDIATE_PIXELS:  # e.g. 30000x1: resample only the part the crop keeps
+        sx, sy = width / new_w, height / new_h
+        return img.resize((size, size), resample, box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
+    return img.resize((new_w, new_h), resample).crop((left, top, left + size, top + size))
 
 
 def resized_rgb(rgb: np.ndarray, size: int | None, resize: str = "squash") -> np.ndarray:

@@ -56,6 +56,16 @@ class Sample:
     has_mask: bool = False
 
 
+def path_component(name: str, source: str | Path) -> str:
+    """``name`` if it can be one file or folder name (class, defect, image): not empty, no ``/`` or ``\\``,
+    not ``.`` or ``..``; else a :class:`DatasetError` naming ``source`` (the file that gave the name)."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise DatasetError(f"{source}: the name {name!r} cannot be a file or folder name (empty, '.', '..' or with a "
+                           "path separator) and would write outside the output folder. Rename it (a plain name "
+                           "such as 'bottle').")
+    return name
+
+
 def mask_file(root: Path, class_name: str, defect: str, image_name: str) -> Path:
     """Where the common layout stores the mask of ``image_name``: ``ground_truth/<defect>/<stem>_mask.png``."""
     return root / class_name / "ground_truth" / defect / f"{Path(image_name).stem}_mask.png"
@@ -132,13 +142,16 @@ def meta_samples(root: Path, meta: dict, split: str) -> list[Sample]:
     masked = _classes_with_masks(root, meta)
     samples = []
     for class_name, items in sorted(meta.get(split, {}).items()):
+        path_component(class_name, root / META_FILE)  # class names become result and prompt-set file names
         for item in items:
             try:
                 label = int(item["anomaly"])
                 image = _inside(root, item["img_path"])
                 mask = _inside(root, item["mask_path"]) if label and item["mask_path"] else None
                 has_mask = class_name in masked and (label == 0 or mask is not None)
-                samples.append(Sample(image, mask, label, class_name, item["specie_name"], has_mask))
+                path_component(item["cls_name"], root / META_FILE)
+                defect = path_component(item["specie_name"], root / META_FILE)
+                samples.append(Sample(image, mask, label, class_name, defect, has_mask))
             except (KeyError, TypeError, ValueError) as err:
                 raise DatasetError(
                     f"{root / META_FILE}: item {item!r} lacks {err}; items need img_path, mask_path, "

@@ -71,20 +71,22 @@ def check_replaceable(out: Path, raw: Path | None, overwrite: bool) -> None:
         )
     if not out.exists() and not out.is_symlink():
         return
-    if not overwrite:
-        raise DatasetError(f"{out} already exists: delete it, choose another folder or pass --force.")
-    if not (out.is_dir() and ((out / MARKER).is_file() or not any(out.iterdir()))):
+    replaceable = out.is_dir() and ((out / MARKER).is_file() or not any(out.iterdir()))
+    if not overwrite and replaceable:
+        raise DatasetError(f"{out} already exists: pass --force to replace it, or choose another --out folder.")
+    if not replaceable:
         raise DatasetError(
-            f"{out} exists and is not a dataset zsadlab prepared (no {MARKER} file in it), so --force will not "
-            "delete it. Choose another --out, or move that folder away yourself."
+            f"{out} exists and is not a dataset zsadlab prepared (no {MARKER} file in it), so it is never replaced "
+            "(not even with --force). Choose another --out, or move that folder away yourself."
         )
 
 
 def _checked_raw(item: DatasetEntry, raw: str | Path | None) -> Path:
-    """``raw`` as a Path if it is an existing folder; else a :class:`DatasetError` saying how to get it."""
+    """``raw`` as an absolute Path if it is an existing folder (so ``.`` and ``..`` name their folder,
+    from which a one-class raw folder takes its class name); else a :class:`DatasetError` saying how to get it."""
     if raw is None or not Path(raw).is_dir():
         raise DatasetError(f"raw folder {raw} of {item.title} does not exist. {how_to_get(item)}")
-    return Path(raw)
+    return Path(raw).resolve()
 
 
 def dataset_name(root: str | Path) -> str | None:

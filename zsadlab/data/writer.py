@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import DatasetError
 from .images import image_size, load_mask, load_rgb, save_mask, save_png
-from .layout import NORMAL, mask_file
+from .layout import NORMAL, mask_file, path_component
 
 ImageSource = Path | np.ndarray  # a file to copy, or a uint8 [H, W] / [H, W, 3] array to save as PNG
 MaskSource = Path | np.ndarray | None  # a mask file, a {0,1} array [H, W], or None (image-level only)
@@ -41,6 +41,7 @@ class LayoutWriter:
 
     def normal(self, image: ImageSource, class_name: str, name: str, split: str = "test") -> Path | None:
         """Store a normal image as ``<class>/<split>/good/<name>`` (None if it was skipped)."""
+        _check_names(image, class_name, name)
         if self.masks:
             (self.root / class_name / "ground_truth").mkdir(parents=True, exist_ok=True)
         return self._image(image, self.root / class_name / split / NORMAL / name)
@@ -49,6 +50,7 @@ class LayoutWriter:
         self, image: ImageSource, class_name: str, defect: str, name: str, mask: MaskSource = None
     ) -> Path | None:
         """Store an anomalous image as ``<class>/test/<defect>/<name>`` and its mask (if any) beside it."""
+        _check_names(image, class_name, defect, name)
         if defect == NORMAL:
             raise DatasetError(f"{name}: the defect name {NORMAL!r} is reserved for normal images.")
         target = self._image(image, self.root / class_name / "test" / defect / name)
@@ -78,6 +80,12 @@ class LayoutWriter:
             save_png(image, target)
         self.count += 1
         return target
+
+
+def _check_names(image: ImageSource, *names: str) -> None:
+    """Every name that becomes a path component is one plain name: nothing is written outside the root."""
+    for name in names:
+        path_component(name, _name(image))
 
 
 def _warn_if_other_size(mask: np.ndarray, image: ImageSource) -> None:

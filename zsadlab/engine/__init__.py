@@ -28,11 +28,11 @@ from .evaluation import (
     test,
 )
 from .prediction import predict_images
-from .training import completed_epochs, configure_for, fit, is_main_process, run_record, train, train_step
+from .training import completed_epochs, configure_for, fit, is_main_process, run_folder, run_record, train, train_step
 
 __all__ = [
     "FEWSHOT_METRICS", "METRIC_COLUMNS", "ResultTable", "build_model", "class_metrics", "class_predictions",
     "completed_epochs", "configure_for", "dataset_for", "eval_batch_size", "evaluate", "evaluate_fewshot", "fewshot_prompts", "fit",
     "is_main_process", "load_checkpoint", "load_or_sample_prompt_set", "method_of", "pixel_inputs", "precision_of",
-    "predict_dataset", "predict_images", "prompt_set_path", "run_record", "test", "train", "train_step",
+    "predict_dataset", "predict_images", "prompt_set_path", "run_folder", "run_record", "test", "train", "train_step",
 ]

@@ -6,7 +6,9 @@ budget subset or another draw of a synthetic set is a different run), the seed, 
 the step budget and the precision (``Method.precision`` on the model's device: fp16 autocast or fp32).
 :func:`training_key` turns that into a short digest and :func:`load_or_train` runs the one trainer (``engine.train``)
 in ``<cache>/<method>-<digest>/``: a finished run is loaded from its resume state instead of
-trained again, an interrupted one resumes after its last completed epoch.
+trained again, an interrupted one resumes after its last completed epoch. An entry has one writer at a
+time (the run folder's lock, :func:`~zsadlab.engine.training.run_folder`): a second process asking for
+the same training while it runs is refused in one line naming the folder and the holder's pid.
 
 Every request can be logged to the JSON file named by ``ZSADLAB_TRAININGS_LOG`` - one entry
 ``{"notebook", "key", "action"}`` per request, ``action`` one of ``trained``, ``reused`` or
@@ -25,7 +27,7 @@ from typing import Any
 
 from ..utils import write_json_atomic
 from .building import device_of, method_of, precision_of
-from .training import completed_epochs, configure_for, train
+from .training import completed_epochs, configure_for, is_main_process, run_folder, train
 
 TRAININGS_LOG_ENV = "ZSADLAB_TRAININGS_LOG"
 NOTEBOOK_ENV = "ZSADLAB_NOTEBOOK"
@@ -103,8 +105,9 @@ def load_or_train(model, dataset, cache_dir: str | Path, epochs: int | None = No
                        batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch, precision=precision,
                        options=plan_options)
     folder = Path(cache_dir) / f"{spec.name}-{key}"
-    action = "reused" if completed_epochs(folder) >= epochs else "trained"
-    history = train(model, dataset, epochs, batch_size, out_dir=folder, resume=True, seed=seed, amp=amp,
-                    max_steps_per_epoch=max_steps_per_epoch, progress=progress, **plan_options)
+    with run_folder(folder, is_main_process()):  # one writer per entry: another process gets one line, not a mix
+        action = "reused" if completed_epochs(folder) >= epochs else "trained"
+        history = train(model, dataset, epochs, batch_size, out_dir=folder, resume=True, seed=seed, amp=amp,
+                        max_steps_per_epoch=max_steps_per_epoch, progress=progress, **plan_options)
     log_request(key, action)
     return CachedRun(key, folder, history, action)

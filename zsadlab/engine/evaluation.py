@@ -20,6 +20,8 @@ import csv
 import io
 import json
 import math
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -206,13 +208,19 @@ class ResultTable:
                                   "covered": {c: self.covered(c) for c in self.columns}}, path)
 
 
-def evaluate(model, dataset: AnomalyDataset, batch_size: int | None = None, device=None, progress: bool = True,
-             columns: Sequence[str] = METRIC_COLUMNS, amp: bool | None = None) -> ResultTable:
-    """Per-class table over ``dataset`` (official protocol: metrics per class, then the mean).
+def evaluate(model, dataset: AnomalyDataset | str | os.PathLike, batch_size: int | None = None, device=None,
+             progress: bool = True, columns: Sequence[str] = METRIC_COLUMNS, amp: bool | None = None) -> ResultTable:
+    """Per-class table over ``dataset`` (official protocol: metrics per class, then the mean); a
+    prepared dataset's folder is read as ``dataset_for(model, folder)`` (its test split).
 
     Memory: one class's maps at a time (:func:`class_predictions`); pixels are pooled within a
     class, as the official per-class metrics are, never across the dataset. ``batch_size``: default
     the method's evaluation batch; ``amp``: see :func:`predict_dataset`."""
+    if isinstance(dataset, (str, os.PathLike)):
+        dataset = dataset_for(model, dataset)
+    elif not hasattr(dataset, "classes"):
+        raise TypeError(f"evaluate() takes a dataset (engine.dataset_for(model, root)) or its folder, "
+                        f"got {type(dataset).__name__}")
     table = ResultTable(columns=tuple(columns))
     for class_name, pred in class_predictions(model, dataset, batch_size, device, progress, amp):
         table.rows.append({"class": class_name, **class_metrics(pred, columns)})
@@ -274,6 +282,14 @@ def class_scored(spec, pred: dict) -> dict:
     return {**pred, "scores": np.asarray(spec.class_scores(pred["scores"], pred["maps"]), dtype=np.float64)}
 
 
+def checked_shots_and_seeds(shots: int, seeds: Sequence[int]) -> None:
+    """A ``ValueError`` naming the argument when ``shots`` is not a positive integer or ``seeds`` is empty."""
+    if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
+        raise ValueError(f"shots must be a positive integer (the k normal prompts per class), got {shots!r}")
+    if isinstance(seeds, (str, bytes)) or len(list(seeds)) == 0:
+        raise ValueError(f"seeds must be a non-empty list of prompt-sampling seeds (e.g. [0]), got {seeds!r}")
+
+
 def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset | None = None, shots: int = 4,
                      seeds: Sequence[int] = (0,), prompt_dir: str | Path = "runs/prompts",
                      dataset_name: str | None = None, batch_size: int | None = None, progress: bool = True,
@@ -287,10 +303,18 @@ def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset | N
     images, which are then left out of the evaluated queries. A method with ``class_scores`` (VAND
     few-shot) gets its scores from the whole query set of the class, before any metric.
     """
+    checked_shots_and_seeds(shots, seeds)
     spec = method_of(model)
     dataset_name = dataset_name or Path(dataset.root).name
     table = ResultTable(columns=tuple(c for name in columns for c in (name, f"{name}_std")))
     for class_name in tqdm(dataset.classes, desc=f"{shots}-shot classes", disable=not progress, leave=False):
+        normals = sum(s.class_name == class_name and s.label == 0 for s in (support or dataset).samples)
+        if normals < shots:
+            warnings.warn(f"{dataset_name}/{class_name} has {normals} normal image(s), fewer than the k={shots} "
+                          f"prompts it needs: its row is left undefined ('-'); use at most {normals} shots for it.",
+                          stacklevel=2)
+            table.rows.append({"class": class_name, **{c: math.nan for c in table.columns}})
+            continue
         per_seed = []
         for seed in seeds:
             prompts, paths = fewshot_prompts(support or dataset, class_name, shots, seed, prompt_dir, dataset_name)
@@ -310,6 +334,7 @@ def test(model, root, shots: int = 4, seeds: Sequence[int] = (0,), out_dir=None,
     """The method's evaluation protocol on the prepared dataset at ``root``: the zero-shot table,
     or for a few-shot method the table over prompt seeds (prompt sets saved in ``out_dir/prompts``);
     at the method's precision (``amp`` overrides it on CUDA)."""
+    checked_shots_and_seeds(shots, seeds)
     if not method_of(model).few_shot:
         return evaluate(model, dataset_for(model, root), amp=amp)
     try:

@@ -5,11 +5,16 @@ One run's outputs are complete and consistent: every input has one row in ``scor
 (``status`` ``skipped: <reason>``, empty score) while the others are scored; inputs that share a
 name (``a/x.png``, ``b/x.png``, ``a/x.jpg``) get distinct overlay files; the overlays are written
 first, then ``scores.csv`` atomically (replacing an earlier run's), by the ``csv`` module.
+
+Nothing the user owns is replaced: the output folder may not hold an input image, and an existing
+file is overwritten only if an earlier ``scores.csv`` of predict in that folder lists it (or is it).
+Predict never reads its own outputs: the overlays listed in a folder's ``scores.csv`` are not inputs.
 """
 from __future__ import annotations
 
 import csv
 import io
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -29,12 +34,32 @@ from .building import autocast, device_of, input_normalisation, method_of, preci
 SCORE_COLUMNS = ("path", "score", "overlay", "status")
 
 
-def user_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly or found (not recursively) in the folders given, each once."""
+SCORES_FILE = "scores.csv"
+
+
+def earlier_outputs(folder: Path) -> set[str]:
+    """File names in ``folder`` that an earlier predict run wrote: its ``scores.csv`` (recognised by
+    its header) and the overlays that file lists; empty when there is none."""
+    try:
+        with (folder / SCORES_FILE).open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if tuple(reader.fieldnames or ()) != SCORE_COLUMNS:
+                return set()
+            return {SCORES_FILE} | {row["overlay"] for row in reader if row.get("overlay")}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return set()
+
+
+def user_images(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files named directly or found (not recursively) in the folders given (or the one path
+    given), each once; a folder's overlays from an earlier predict run (:func:`earlier_outputs`) are not inputs."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
     found = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += image_files(item)
+            ours = earlier_outputs(item)
+            found += [path for path in image_files(item) if path.name not in ours]
         elif is_image_file(item):
             found.append(item)
         else:
@@ -59,6 +84,23 @@ def overlay_names(paths: Sequence[Path]) -> list[str]:
         seen[name] += 1
         names.append(f"{name}_overlay.png" if seen[name] == 1 else f"{name}_{seen[name]}_overlay.png")
     return names
+
+
+def check_outputs(paths: Sequence[Path], out_dir: str | Path) -> Path:
+    """``out_dir`` (created, writable) if writing there can replace nothing the user owns, else one
+    :class:`InputError` line: it may not hold an input image, and a file that would be written
+    (``scores.csv``, an overlay) may exist only if an earlier predict run wrote it."""
+    out_dir = check_writable(Path(out_dir).resolve())  # relative to the caller's working directory
+    inside = next((p for p in paths if p.resolve().parent == out_dir), None)
+    if inside is not None:
+        raise InputError(f"--out {out_dir} holds the input image {inside}: predictions there could replace your files "
+                         f"and be read as inputs next time. Choose another --out folder (e.g. {out_dir / 'predictions'}).")
+    ours = earlier_outputs(out_dir)
+    clash = next((n for n in [SCORES_FILE, *overlay_names(paths)] if (out_dir / n).exists() and n not in ours), None)
+    if clash is not None:
+        raise InputError(f"--out {out_dir} already holds {clash}, which predict did not write; it would be replaced. "
+                         "Choose another --out folder, or move that file away.")
+    return out_dir
 
 
 def model_input(model, path: Path) -> torch.Tensor:
@@ -106,15 +148,17 @@ def scored_groups(spec: Method | None, paths: Sequence[Path]) -> list[list[Path]
     return [list(paths)] if spec is not None and spec.transductive else [[path] for path in paths]
 
 
-def predict_images(model, inputs: Sequence[str | Path], out_dir: str | Path, class_name: str = "object",
-                   prompts: Sequence[str | Path] | None = None, amp: bool | None = None) -> dict:
+def predict_images(model, inputs: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | Path,
+                   class_name: str = "object", prompts: str | os.PathLike | Sequence[str | Path] | None = None,
+                   amp: bool | None = None) -> dict:
     """Score the user's own images: ``scores.csv`` (path, score, overlay, status) and one overlay PNG per
-    image in ``out_dir`` (none for a model without maps). Few-shot methods need ``prompts``: normal
-    images (files or a folder) of the same kind of object; a transductive method scores the readable
-    images as one set (at least its ``min_images``). An unreadable image is skipped, with its reason in
-    its row. At the method's precision (``amp`` overrides it on CUDA). Returns ``{"csv", "overlays", "skipped"}``."""
+    image in ``out_dir`` (none for a model without maps). ``inputs``: image files and folders, or one
+    path. Few-shot methods need ``prompts``: normal images (files or a folder) of the same kind of
+    object; a transductive method scores the readable images as one set (at least its ``min_images``).
+    An unreadable image is skipped, with its reason in its row. At the method's precision (``amp``
+    overrides it on CUDA). Returns ``{"csv", "overlays", "skipped"}``."""
     paths = user_images(inputs)
-    out_dir = check_writable(Path(out_dir).resolve())  # relative to the caller's working directory
+    out_dir = check_outputs(paths, out_dir)
     predictor = predictor_for(model, class_name, prompts).eval()
     spec, device = registered_method(model), device_of(model)
     precision = precision_of(model, device, amp)
@@ -128,7 +172,7 @@ def predict_images(model, inputs: Sequence[str | Path], out_dir: str | Path, cla
                 rows[path] = {"path": str(path), "score": "", "overlay": "", "status": f"skipped: {err}"}
         if not images:
             continue
-        check_set_size(spec, len(images), f"{', '.join(map(str, inputs))} (readable images)")
+        check_set_size(spec, len(images), f"the readable images among the {len(paths)} given")
         with torch.no_grad(), autocast(precision, device):
             scores, maps = predictor.predict(torch.stack(list(images.values())).to(device), [class_name] * len(images))
         for i, (path, image) in enumerate(images.items()):
@@ -142,5 +186,5 @@ def predict_images(model, inputs: Sequence[str | Path], out_dir: str | Path, cla
     skipped = [row["path"] for row in rows if row["status"] != "ok"]
     if len(skipped) == len(rows):
         raise InputError(f"none of the {len(rows)} images could be read; first: {rows[0]['status']}")
-    csv_path = write_text_atomic(scores_csv(rows), out_dir / "scores.csv")
+    csv_path = write_text_atomic(scores_csv(rows), out_dir / SCORES_FILE)
     return {"csv": csv_path, "overlays": overlays, "skipped": skipped}

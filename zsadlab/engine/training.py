@@ -7,7 +7,10 @@ official ``train.py`` runs under ``torch.cuda.amp.autocast()``, fp32 for Anomaly
 whose official code has no autocast; ``amp=True/False`` overrides it; fp32 off CUDA), and, with
 ``out_dir``, after every epoch the method's official checkpoint, a resume state
 (``train_state.pt``: exactly the model's ``trainable_state_dict()``, the optimizer and the loss
-history) and ``run.json`` (what the run is), all written atomically.
+history) and ``run.json`` (what the run is), all written atomically. A run folder has one writer
+(:func:`run_folder`: an ``fcntl.flock`` held for the run by rank 0; a second process gets one line
+naming the folder and the holder's pid) and is never a folder of the user's own files (one without
+``run.json`` must be empty).
 
 **Multi-GPU.** Under ``torchrun --standalone --nproc_per_node N -m zsadlab train ...`` every
 process runs :func:`train`; it joins the process group (``nccl`` on CUDA, ``gloo`` on CPU),
@@ -39,7 +42,7 @@ from tqdm.auto import tqdm
 from ..checkpoints import read_checkpoint
 from ..errors import RunError, UserError
 from ..methods import Method, Recipe, get_method, method_names
-from ..utils import pick_device, save_torch_atomic, seed_everything, write_json_atomic
+from ..utils import LOCK_FILE, folder_lock, pick_device, save_torch_atomic, seed_everything, write_json_atomic
 from .building import autocast, dataset_for, device_of, method_of, precision_of
 
 RESUME_FILE = "train_state.pt"
@@ -179,6 +182,52 @@ def completed_epochs(out_dir: str | Path | None) -> int:
     return int(record.get("completed_epochs", 0)) if record else 0
 
 
+def _ours(name: str) -> bool:
+    """The lock file, a write probe or an atomic write's temporary: what zsadlab leaves in any output folder."""
+    return name == LOCK_FILE or name.startswith(".zsadlab-write-check.") or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def check_run_folder(out_dir: str | Path) -> None:
+    """Refuse an existing, non-empty ``out_dir`` that is not a run of this package (no ``run.json``):
+    training would overwrite the user's files (``epoch_1.pth``...)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir() or (out_dir / RUN_FILE).is_file():
+        return
+    foreign = sorted(p.name for p in out_dir.iterdir() if not _ours(p.name))
+    if foreign:
+        raise RunError(f"{out_dir} is not empty ({foreign[0]}{' ...' if len(foreign) > 1 else ''}) and holds no run "
+                       f"of zsadlab ({RUN_FILE}); training there could overwrite your files. Choose an empty or new "
+                       "--out folder.")
+
+
+@contextlib.contextmanager
+def run_folder(out_dir: Path | None, main: bool) -> Iterator[None]:
+    """The one-writer lock of a run folder, held by the process that writes it (rank 0), after checking
+    that the folder is empty or a run of this package. A run that fails before its first epoch is saved
+    leaves nothing behind (not even the folder, if it created it)."""
+    if out_dir is not None:
+        check_run_folder(out_dir)
+    if out_dir is None or not main:
+        yield
+        return
+    created, had_run = not out_dir.exists(), run_record(out_dir) is not None
+    with folder_lock(out_dir):
+        try:
+            yield
+        except BaseException:
+            if not had_run and completed_epochs(out_dir) == 0:
+                _forget_run(out_dir, created)
+            raise
+
+
+def _forget_run(out_dir: Path, created: bool) -> None:
+    """Remove what a run that saved no epoch wrote: ``run.json``, the lock file, the folder if it made it."""
+    for name in (RUN_FILE, LOCK_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+    if created and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+
+
 def _check_same_run(out_dir: Path, identity: dict) -> None:
     """Refuse to resume a run folder made by another method, config, dataset, seed, batch size or precision."""
     record = run_record(out_dir)
@@ -254,6 +303,16 @@ def _positive(**values: int | None) -> None:
             raise UserError(f"{name} must be a positive integer, got {value}")
 
 
+def _warn_if_one_label(spec: Method, dataset) -> None:
+    """Warn when every training image has the same label: the losses' other side has nothing to learn from."""
+    labels = set(np.unique(getattr(dataset, "labels", [])).tolist())
+    if len(labels) == 1:
+        kind, other = ("normal", "anomalous") if labels == {0} else ("anomalous", "normal")
+        warnings.warn(f"{getattr(dataset, 'root', 'the training set')}: all {len(dataset)} training images are {kind}, "
+                      f"so {spec.name}'s losses have no {other} images (or regions) to learn from; train on a set "
+                      "with both.", stacklevel=3)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """What a run does: ``epochs`` of seeded global batches of ``batch_size`` (epoch ``e`` drawn with
@@ -298,9 +357,12 @@ def train(model, dataset, epochs: int | None = None, batch_size: int | None = No
     device = pick_device(device) if device is not None else device_of(model)
     precision = precision_of(model, device, amp)
     identity = _identity(spec, model, dataset, schedule.seed, schedule.batch_size, precision)
-    if out_dir and resume:
-        _check_same_run(out_dir, identity)
-    with joined(device) as ranks:
+    _warn_if_one_label(spec, dataset)
+    with run_folder(out_dir, is_main_process()), joined(device) as ranks:
+        if out_dir and resume:
+            _check_same_run(out_dir, identity)
+        if out_dir and ranks.main and run_record(out_dir) is None:  # the folder is this run's from now on
+            write_json_atomic({**identity, "epochs": schedule.epochs, "completed_epochs": 0}, out_dir / RUN_FILE)
         if schedule.batch_size % ranks.world:
             raise UserError(f"the batch size {schedule.batch_size} is the global batch: it must be a multiple of "
                             f"the {ranks.world} processes")
