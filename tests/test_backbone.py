@@ -215,21 +215,71 @@ def test_each_model_finds_its_own_file_and_the_old_variable_feeds_vit_l_14_336_o
 
     folder = tmp_path / "weights"
     folder.mkdir()
-    for name in ("ViT-L-14-336.pt", "ViT-B-16-plus-240.safetensors"):
+    for name in ("ViT-L-14-336.pt", "ViT-B-16-plus-240-laion400m_e32.safetensors"):
         (folder / name).write_bytes(b"x")
     (tmp_path / "vitl.pt").write_bytes(b"x")
     monkeypatch.delenv("ZSADLAB_CLIP_WEIGHTS", raising=False)
     monkeypatch.setenv("ZSADLAB_WEIGHTS_DIR", str(folder))
-    assert local_weights_file("ViT-L-14-336", "openai") == folder / "ViT-L-14-336.pt"
-    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") == folder / "ViT-B-16-plus-240.safetensors"
+    assert local_weights_file("ViT-L-14-336", "openai") == folder / "ViT-L-14-336.pt"  # one tag: a plain name is fine
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") == folder / "ViT-B-16-plus-240-laion400m_e32.safetensors"
     assert local_weights_file("ViT-B-32", "openai") is None
     monkeypatch.setenv("ZSADLAB_CLIP_WEIGHTS", str(tmp_path / "vitl.pt"))
     assert local_weights_file("ViT-L-14-336", "openai") == tmp_path / "vitl.pt"
-    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") == folder / "ViT-B-16-plus-240.safetensors"
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") == folder / "ViT-B-16-plus-240-laion400m_e32.safetensors"
     (folder / "ViT-L-14-336px.pt").write_bytes(b"x")  # OpenAI's own download name is found too
     (folder / "ViT-L-14-336.pt").unlink()
     monkeypatch.delenv("ZSADLAB_CLIP_WEIGHTS")
     assert local_weights_file("ViT-L-14-336", "openai") == folder / "ViT-L-14-336px.pt"
+    (folder / "ViT-L-14-336-openai.pt").write_bytes(b"x")  # the model-and-tag name comes first
+    assert local_weights_file("ViT-L-14-336", "openai") == folder / "ViT-L-14-336-openai.pt"
+
+
+def test_winclip_e31_and_inctrl_e32_weight_files_are_never_crossed(monkeypatch, tmp_path):
+    from zsadlab.backbone import local_weights_file
+
+    monkeypatch.setenv("ZSADLAB_WEIGHTS_DIR", str(tmp_path))
+    (tmp_path / "ViT-B-16-plus-240-laion400m_e31.pt").write_bytes(b"x")
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e31") == tmp_path / "ViT-B-16-plus-240-laion400m_e31.pt"
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") is None  # WinCLIP's file never feeds InCTRL
+    (tmp_path / "vit_b_16_plus_240-laion400m_e32-699c4b84.pt").write_bytes(b"x")  # open_clip's own download name
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") == tmp_path / "vit_b_16_plus_240-laion400m_e32-699c4b84.pt"
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e31") == tmp_path / "ViT-B-16-plus-240-laion400m_e31.pt"
+
+
+def test_a_plain_vit_b_16_plus_240_file_is_refused_in_one_line_naming_both_tagged_names(monkeypatch, tmp_path):
+    from zsadlab.backbone import local_weights_file, weights_available
+
+    monkeypatch.setenv("ZSADLAB_WEIGHTS_DIR", str(tmp_path))
+    (tmp_path / "ViT-B-16-plus-240.pt").write_bytes(b"x")
+    for call in (lambda: local_weights_file("ViT-B-16-plus-240", "laion400m_e31"),
+                 lambda: weights_available("ViT-B-16-plus-240", "laion400m_e32")):
+        with pytest.raises(WeightsUnavailableError) as err:
+            call()
+        message = str(err.value)
+        assert "\n" not in message and str(tmp_path / "ViT-B-16-plus-240.pt") in message
+        assert "ViT-B-16-plus-240-laion400m_e31.pt" in message and "ViT-B-16-plus-240-laion400m_e32.pt" in message
+    (tmp_path / "ViT-B-16-plus-240-laion400m_e32.pt").write_bytes(b"x")  # the tagged file wins, the plain one is unused
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") == tmp_path / "ViT-B-16-plus-240-laion400m_e32.pt"
+
+
+def test_a_hub_copy_shared_by_two_tags_is_not_taken_for_either(monkeypatch, tmp_path):
+    import open_clip
+
+    from zsadlab import backbone
+
+    shared = "org/one-repo/"  # open_clip 3.3 gives laion400m_e32 the hub repository of laion400m_e31
+    configs = {"e31": {"hf_hub": shared, "url": "https://x/e31.pt"}, "e32": {"hf_hub": shared, "url": "https://x/e32.pt"},
+               "own": {"hf_hub": "org/own/", "url": "https://x/own.pt"}}
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda name, tag: configs.get(tag, {}))
+    monkeypatch.setattr(open_clip, "list_pretrained_tags_by_model", lambda name: ["e31", "e32"])
+    monkeypatch.setattr(backbone, "_hf_cached_file", lambda hub, cache_dir: tmp_path / "hub-copy.bin")
+    assert not backbone.hub_identifies_tag("M", "e31") and not backbone.hub_identifies_tag("M", "e32")
+    assert backbone.cached_weights("M", "e32", cache_dir=str(tmp_path)) is None
+    (tmp_path / "e32.pt").write_bytes(b"x")  # the tag's own URL download is found
+    assert backbone.cached_weights("M", "e32", cache_dir=str(tmp_path)) == tmp_path / "e32.pt"
+    monkeypatch.setattr(open_clip, "list_pretrained_tags_by_model", lambda name: ["own", "e31"])
+    assert backbone.hub_identifies_tag("M", "own")
+    assert backbone.cached_weights("M", "own") == tmp_path / "hub-copy.bin"
 
 
 def test_a_file_of_another_model_is_refused_naming_the_model_and_the_file(monkeypatch, tmp_path):
