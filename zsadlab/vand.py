@@ -43,7 +43,7 @@ from PIL import Image
 from . import losses as L
 from .backbone import block_tokens, freeze, grid_size, pooled_image_embedding
 from .errors import load_submodule_checkpoint
-from .fewshot import PromptedPredictor
+from .fewshot import WITH_REPLACEMENT, PromptedPredictor
 from .maps import anomaly_map, image_scores, similarity_logits
 from .prompts import ensemble_sentences, mean_text_feature
 from .utils import save_torch_atomic
@@ -330,7 +330,11 @@ class FewShotPredictor(PromptedPredictor):
     Each class's references ``[k, 3, S, S]`` are encoded into a memory once
     (:meth:`VAND.reference_memory`). Scores are the text probabilities; evaluation turns them
     into the official few-shot scores per class with :func:`normalise_fewshot_scores`.
+    Evaluation draws the references with replacement, as the official ``dataset.py`` does
+    (``torch.randint(0, len(data_tmp), (k_shot,))`` over the class's training items).
     """
+
+    draw = WITH_REPLACEMENT
 
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.model.reference_memory(images)
