@@ -2,8 +2,8 @@
 
 Writes random weights for ViT-L-14-336 as an OpenAI TorchScript archive (fp16 weights, fp32
 norms, the layout of OpenAI's ``ViT-L-14-336px.pt``) and for ViT-B-16-plus-240 as an open_clip
-``torch.save`` state dict (the layout of open_clip's ``laion400m_e32`` file) into a weights
-folder, builds both through the full profile's backbones (``$ZSADLAB_WEIGHTS_DIR``, the path a
+``torch.save`` state dict (the layout of open_clip's ``laion400m_e32`` file, named by model and
+tag) into a weights folder, builds both through the full profile's backbones (``$ZSADLAB_WEIGHTS_DIR``, the path a
 user's real files take), then runs one AnomalyCLIP prediction and one training step at 518 px,
 loads a prompt learner in the official checkpoint layout, and runs one InCTRL forward at 240 px.
 
@@ -58,7 +58,8 @@ def write_open_clip_state_dict(path, name: str) -> None:
 def weights_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("weights")
     write_openai_torchscript(folder / f"{FULL.anomalyclip_backbone.name}.pt", FULL.anomalyclip_backbone.name)
-    write_open_clip_state_dict(folder / f"{FULL.inctrl_backbone.name}.pt", FULL.inctrl_backbone.name)
+    inctrl = FULL.inctrl_backbone  # one file per pretrained tag: ViT-B-16-plus-240-laion400m_e32.pt
+    write_open_clip_state_dict(folder / f"{inctrl.name}-{inctrl.pretrained}.pt", inctrl.name)
     return folder
 
 
