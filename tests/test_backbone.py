@@ -303,3 +303,26 @@ def test_real_weights_from_a_file_load_without_the_random_init_warning_and_name_
     assert torch.equal(clip.visual.proj, reference.visual.proj)
     assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
     assert f"ViT-B-32 weights loaded from {tmp_path / 'vitb32.pt'}" in capsys.readouterr().err
+
+
+def test_inctrls_e32_weights_are_downloaded_by_their_own_url_and_named_by_tag_when_missing(monkeypatch, tmp_path):
+    import open_clip
+
+    from zsadlab import backbone
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("ZSADLAB_WEIGHTS_DIR", raising=False)
+    monkeypatch.setattr(backbone, "hub_reachable", lambda timeout=None: False)
+    with pytest.raises(WeightsUnavailableError, match="ViT-B-16-plus-240-laion400m_e32.pt in the folder named by"):
+        load_clip("ViT-B-16-plus-240", "laion400m_e32", device="cpu")
+    asked = []
+    monkeypatch.setattr(backbone, "hub_reachable", lambda timeout=None: True)
+    monkeypatch.setattr(open_clip, "download_pretrained",
+                        lambda cfg, prefer_hf_hub=True: asked.append((cfg["url"], prefer_hf_hub)) or str(tmp_path / "w.pt"))
+    monkeypatch.setattr(backbone, "clip_from_file", lambda name, path, quick_gelu: torch.nn.Linear(1, 1))
+    if backbone.hub_identifies_tag("ViT-B-16-plus-240", "laion400m_e32"):
+        pytest.skip("this open_clip gives laion400m_e32 a hub copy of its own")
+    load_clip("ViT-B-16-plus-240", "laion400m_e32", device="cpu")
+    assert asked == [(open_clip.get_pretrained_cfg("ViT-B-16-plus-240", "laion400m_e32")["url"], False)]
+    assert asked[0][0].endswith("vit_b_16_plus_240-laion400m_e32-699c4b84.pt")

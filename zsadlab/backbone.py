@@ -378,7 +378,10 @@ def load_clip(name: str, pretrained: str, device: str | torch.device | None = No
     if local is None and not hub_reachable():
         raise WeightsUnavailableError(_offline_message(name, pretrained))
     if local is None and not hub_identifies_tag(name, pretrained):  # the tag's own URL, never a shared hub copy
-        local = Path(open_clip.download_pretrained(open_clip.get_pretrained_cfg(name, pretrained), prefer_hf_hub=False))
+        downloaded = open_clip.download_pretrained(open_clip.get_pretrained_cfg(name, pretrained), prefer_hf_hub=False)
+        if not downloaded:
+            raise WeightsUnavailableError(_offline_message(name, pretrained))
+        local = Path(downloaded)
     if local is not None:
         model = clip_from_file(name, local, quick_gelu)
     else:
