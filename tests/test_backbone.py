@@ -17,6 +17,7 @@ from zsadlab.backbone import (
     resized_positional_embedding,
     tiny_clip,
     tokenize,
+    weights_file_names,
 )
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "anomalyclip"
@@ -218,21 +219,71 @@ def test_each_model_finds_its_own_file_and_the_old_variable_feeds_vit_l_14_336_o
 
     folder = tmp_path / "weights"
     folder.mkdir()
-    for name in ("ViT-L-14-336.pt", "ViT-B-16-plus-240.safetensors"):
+    for name in ("ViT-L-14-336.pt", "ViT-B-16-plus-240-laion400m_e32.safetensors"):
         (folder / name).write_bytes(b"x")
     (tmp_path / "vitl.pt").write_bytes(b"x")
     monkeypatch.delenv("ZSADLAB_CLIP_WEIGHTS", raising=False)
     monkeypatch.setenv("ZSADLAB_WEIGHTS_DIR", str(folder))
-    assert local_weights_file("ViT-L-14-336", "openai") == folder / "ViT-L-14-336.pt"
-    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") == folder / "ViT-B-16-plus-240.safetensors"
+    assert local_weights_file("ViT-L-14-336", "openai") == folder / "ViT-L-14-336.pt"  # one tag: a plain name is fine
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") == folder / "ViT-B-16-plus-240-laion400m_e32.safetensors"
     assert local_weights_file("ViT-B-32", "openai") is None
     monkeypatch.setenv("ZSADLAB_CLIP_WEIGHTS", str(tmp_path / "vitl.pt"))
     assert local_weights_file("ViT-L-14-336", "openai") == tmp_path / "vitl.pt"
-    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") == folder / "ViT-B-16-plus-240.safetensors"
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") == folder / "ViT-B-16-plus-240-laion400m_e32.safetensors"
     (folder / "ViT-L-14-336px.pt").write_bytes(b"x")  # OpenAI's own download name is found too
     (folder / "ViT-L-14-336.pt").unlink()
     monkeypatch.delenv("ZSADLAB_CLIP_WEIGHTS")
     assert local_weights_file("ViT-L-14-336", "openai") == folder / "ViT-L-14-336px.pt"
+    (folder / "ViT-L-14-336-openai.pt").write_bytes(b"x")  # the model-and-tag name comes first
+    assert local_weights_file("ViT-L-14-336", "openai") == folder / "ViT-L-14-336-openai.pt"
+
+
+def test_winclip_e31_and_inctrl_e32_weight_files_are_never_crossed(monkeypatch, tmp_path):
+    from zsadlab.backbone import local_weights_file
+
+    monkeypatch.setenv("ZSADLAB_WEIGHTS_DIR", str(tmp_path))
+    (tmp_path / "ViT-B-16-plus-240-laion400m_e31.pt").write_bytes(b"x")
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e31") == tmp_path / "ViT-B-16-plus-240-laion400m_e31.pt"
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") is None  # WinCLIP's file never feeds InCTRL
+    (tmp_path / "vit_b_16_plus_240-laion400m_e32-699c4b84.pt").write_bytes(b"x")  # open_clip's own download name
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") == tmp_path / "vit_b_16_plus_240-laion400m_e32-699c4b84.pt"
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e31") == tmp_path / "ViT-B-16-plus-240-laion400m_e31.pt"
+
+
+def test_a_plain_vit_b_16_plus_240_file_is_refused_in_one_line_naming_both_tagged_names(monkeypatch, tmp_path):
+    from zsadlab.backbone import local_weights_file, weights_available
+
+    monkeypatch.setenv("ZSADLAB_WEIGHTS_DIR", str(tmp_path))
+    (tmp_path / "ViT-B-16-plus-240.pt").write_bytes(b"x")
+    for call in (lambda: local_weights_file("ViT-B-16-plus-240", "laion400m_e31"),
+                 lambda: weights_available("ViT-B-16-plus-240", "laion400m_e32")):
+        with pytest.raises(WeightsUnavailableError) as err:
+            call()
+        message = str(err.value)
+        assert "\n" not in message and str(tmp_path / "ViT-B-16-plus-240.pt") in message
+        assert "ViT-B-16-plus-240-laion400m_e31.pt" in message and "ViT-B-16-plus-240-laion400m_e32.pt" in message
+    (tmp_path / "ViT-B-16-plus-240-laion400m_e32.pt").write_bytes(b"x")  # the tagged file wins, the plain one is unused
+    assert local_weights_file("ViT-B-16-plus-240", "laion400m_e32") == tmp_path / "ViT-B-16-plus-240-laion400m_e32.pt"
+
+
+def test_a_hub_copy_shared_by_two_tags_is_not_taken_for_either(monkeypatch, tmp_path):
+    import open_clip
+
+    from zsadlab import backbone
+
+    shared = "org/one-repo/"  # open_clip 3.3 gives laion400m_e32 the hub repository of laion400m_e31
+    configs = {"e31": {"hf_hub": shared, "url": "https://x/e31.pt"}, "e32": {"hf_hub": shared, "url": "https://x/e32.pt"},
+               "own": {"hf_hub": "org/own/", "url": "https://x/own.pt"}}
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda name, tag: configs.get(tag, {}))
+    monkeypatch.setattr(open_clip, "list_pretrained_tags_by_model", lambda name: ["e31", "e32"])
+    monkeypatch.setattr(backbone, "_hf_cached_file", lambda hub, cache_dir: tmp_path / "hub-copy.bin")
+    assert not backbone.hub_identifies_tag("M", "e31") and not backbone.hub_identifies_tag("M", "e32")
+    assert backbone.cached_weights("M", "e32", cache_dir=str(tmp_path)) is None
+    (tmp_path / "e32.pt").write_bytes(b"x")  # the tag's own URL download is found
+    assert backbone.cached_weights("M", "e32", cache_dir=str(tmp_path)) == tmp_path / "e32.pt"
+    monkeypatch.setattr(open_clip, "list_pretrained_tags_by_model", lambda name: ["own", "e31"])
+    assert backbone.hub_identifies_tag("M", "own")
+    assert backbone.cached_weights("M", "own") == tmp_path / "hub-copy.bin"
 
 
 def test_a_file_of_another_model_is_refused_naming_the_model_and_the_file(monkeypatch, tmp_path):
@@ -270,15 +321,16 @@ def test_a_truncated_or_wrong_model_file_is_one_line_and_never_makes_it_availabl
     whole = (tmp_path / "whole.pt").read_bytes()
     monkeypatch.delenv("ZSADLAB_CLIP_WEIGHTS", raising=False)
     monkeypatch.setenv("ZSADLAB_WEIGHTS_DIR", str(folder))
-    (folder / "ViT-B-32.pt").write_bytes(whole[: len(whole) // 2])
+    own = folder / weights_file_names("ViT-B-32", "openai")[0]
+    own.write_bytes(whole[: len(whole) // 2])
     assert weights_available("ViT-B-32", "openai") is False
     with pytest.raises(WeightsUnavailableError) as err:
         load_clip("ViT-B-32", "openai", device="cpu")
-    assert str(folder / "ViT-B-32.pt") in str(err.value) and "truncated" in str(err.value)
+    assert str(own) in str(err.value) and "truncated" in str(err.value)
     assert "\n" not in str(err.value)
     reads, real_stored_bytes = [], backbone._stored_bytes
     monkeypatch.setattr(backbone, "_stored_bytes", lambda path: reads.append(path) or 0)
-    (folder / "ViT-B-32.pt").write_bytes(whole)  # a new version of the file: judged again, once
+    own.write_bytes(whole)  # a new version of the file: judged again, once
     assert weights_available("ViT-B-32", "openai") is False and weights_available("ViT-B-32", "openai") is False
     assert len(reads) == 1
     monkeypatch.setattr(backbone, "_stored_bytes", real_stored_bytes)
@@ -292,8 +344,30 @@ def test_auto_does_not_choose_full_on_weight_files_it_cannot_load(monkeypatch, t
     folder = tmp_path / "weights"
     folder.mkdir()
     for backbone in {setup.backbone for setup in PROFILES["full"].setups.values()}:
-        (folder / f"{backbone.name}.pt").write_bytes(b"PK\x03\x04 cut off by a failed download")
+        (folder / weights_file_names(backbone.name, backbone.pretrained)[0]).write_bytes(
+            b"PK\x03\x04 cut off by a failed download")
     monkeypatch.delenv("ZSADLAB_CLIP_WEIGHTS", raising=False)
     monkeypatch.setenv("ZSADLAB_WEIGHTS_DIR", str(folder))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert get_profile("auto").name == "smoke"
+def test_inctrls_e32_weights_are_downloaded_by_their_own_url_and_named_by_tag_when_missing(monkeypatch, tmp_path):
+    import open_clip
+
+    from zsadlab import backbone
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("ZSADLAB_WEIGHTS_DIR", raising=False)
+    monkeypatch.setattr(backbone, "hub_reachable", lambda timeout=None: False)
+    with pytest.raises(WeightsUnavailableError, match="ViT-B-16-plus-240-laion400m_e32.pt in the folder named by"):
+        load_clip("ViT-B-16-plus-240", "laion400m_e32", device="cpu")
+    asked = []
+    monkeypatch.setattr(backbone, "hub_reachable", lambda timeout=None: True)
+    monkeypatch.setattr(open_clip, "download_pretrained",
+                        lambda cfg, prefer_hf_hub=True: asked.append((cfg["url"], prefer_hf_hub)) or str(tmp_path / "w.pt"))
+    monkeypatch.setattr(backbone, "clip_from_file", lambda name, path, quick_gelu: torch.nn.Linear(1, 1))
+    if backbone.hub_identifies_tag("ViT-B-16-plus-240", "laion400m_e32"):
+        pytest.skip("this open_clip gives laion400m_e32 a hub copy of its own")
+    load_clip("ViT-B-16-plus-240", "laion400m_e32", device="cpu")
+    assert asked == [(open_clip.get_pretrained_cfg("ViT-B-16-plus-240", "laion400m_e32")["url"], False)]
+    assert asked[0][0].endswith("vit_b_16_plus_240-laion400m_e32-699c4b84.pt")

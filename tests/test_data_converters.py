@@ -116,10 +116,20 @@ def br35h_raw(raw: Path, img, mask) -> None:
 
 
 def covid_raw(raw: Path, img, mask) -> None:
-    img(raw / "Normal/images/Normal-1.png")
-    img(raw / "COVID/images/COVID-1.png")
-    img(raw / "Lung_Opacity/images/Lung_Opacity-1.png")
-    img(raw / "Viral Pneumonia/Viral Pneumonia-1.png")
+    """The official flat layout covid.py reads (the AnomalyCLIP README's Drive copy): NORMAL/ and the others."""
+    img(raw / "NORMAL/NORMAL (1).png")
+    img(raw / "COVID-19/COVID-19 (1).png")
+    img(raw / "Viral Pneumonia/Viral Pneumonia (1).png")
+
+
+def covid_kaggle_raw(raw: Path, img, mask) -> None:
+    """Today's Kaggle archive: COVID-19_Radiography_Dataset/<class>/{images,masks} (lung masks, ignored)."""
+    base = raw / "COVID-19_Radiography_Dataset"
+    for folder, n in (("COVID", 2), ("Lung_Opacity", 1), ("Normal", 3), ("Viral Pneumonia", 1)):
+        for i in range(1, n + 1):
+            img(base / f"{folder}/images/{folder}-{i}.png")
+            mask(base / f"{folder}/masks/{folder}-{i}.png")
+    (base / "Normal.metadata.xlsx").write_bytes(b"not an image")
 
 
 def elpv_raw(raw: Path, img, mask) -> None:
@@ -168,7 +178,7 @@ RAW_LAYOUTS = {
     "brainmri": (brainmri_raw, ["brain"], 0, 5, 1),
     "brainmri_inctrl": (brainmri_raw, ["brainmri"], 3, 2, 1),
     "br35h": (br35h_raw, ["brain"], 0, 3, 2),
-    "covid19": (covid_raw, ["chest"], 0, 4, 3),
+    "covid19": (covid_raw, ["chest"], 0, 3, 2),
     "elpv": (elpv_raw, ["elpv"], 3, 3, 2),
     "magnetic_tile": (magnetic_tile_raw, ["magnetic_tile"], 0, 2, 1),
     "mpdd_metal_plate": (mpdd_metal_plate_raw, ["metal_plate"], 1, 2, 2),
@@ -332,6 +342,56 @@ def test_elpv_keeps_probability_0_and_1_only_with_the_cell_type_as_defect(tmp_pa
     test = samples(root, "test")
     assert sorted(s.defect for s in test) == ["good", "mono", "poly"]
     assert {s.path.name for s in test if s.label} == {"cell0004.png", "cell0005.png"}
+
+
+def test_covid_official_flat_layout_marks_every_folder_but_normal_anomalous_without_a_warning(
+        tmp_path, write_image, write_mask, recwarn):
+    covid_raw(tmp_path / "raw", write_image, write_mask)
+    root = prepare("covid19", raw=tmp_path / "raw", out=tmp_path / "out")
+    assert sorted((s.class_name, s.defect, s.label) for s in samples(root, "test")) == [
+        ("chest", "COVID-19", 1), ("chest", "Viral Pneumonia", 1), ("chest", "good", 0)]
+    assert not [w for w in recwarn if "COVID-19 Radiography" in str(w.message)]
+
+
+def test_covid_kaggle_archive_is_read_with_one_warning_that_it_is_not_the_papers_test_set_with_its_counts(
+        tmp_path, write_image, write_mask):
+    covid_kaggle_raw(tmp_path / "raw", write_image, write_mask)
+    with pytest.warns(UserWarning) as caught:
+        root = prepare("covid19", raw=tmp_path / "raw", out=tmp_path / "out")
+    messages = [str(w.message) for w in caught if "COVID-19 Radiography" in str(w.message)]
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert "not the paper's (3 normal, 4 anomalous: COVID 2, Lung_Opacity 1, Normal 3, Viral Pneumonia 1)" in messages[0]
+    test = samples(root, "test")
+    assert Counter((s.defect, s.label) for s in test) == {
+        ("COVID", 1): 2, ("Lung_Opacity", 1): 1, ("Viral Pneumonia", 1): 1, ("good", 0): 3}
+    assert not [s for s in test if "masks" in str(s.path)]  # lung masks are not images of the set
+
+
+def test_headct_google_drive_archive_already_split_is_read_as_head_ct_py_reads_it(tmp_path, write_image):
+    raw = tmp_path / "HeadCT_anomaly_detection"
+    for name in ("good/000.png", "good/001.png", "good/002.png", "hemorrhage/100.png", "hemorrhage/101.png"):
+        write_image(raw / "brain/test" / name, mode="L")
+    (raw / "meta.json").write_text("{}")  # the official json may sit beside brain/
+    for name, class_name in (("headct", "brain"), ("headct_inctrl", "headct")):
+        root = prepare(name, raw=raw, out=tmp_path / name)
+        assert sorted((s.class_name, s.defect, s.label, s.path.name) for s in samples(root, "test")) == [
+            (class_name, "good", 0, "000.png"), (class_name, "good", 0, "001.png"), (class_name, "good", 0, "002.png"),
+            (class_name, "hemorrhage", 1, "100.png"), (class_name, "hemorrhage", 1, "101.png")]
+    headct_raw(tmp_path / "kaggle", write_image, None)  # the Kaggle labels.csv path is unchanged
+    assert len(samples(prepare("headct", raw=tmp_path / "kaggle", out=tmp_path / "k"), "test")) == 4
+
+
+def test_sdd_already_split_folder_of_the_anomalyclip_readme_is_read_as_sdd_py_reads_it(
+        tmp_path, write_image, write_mask):
+    base = tmp_path / "SDD/electrical_commutators"
+    write_image(base / "train/good/kos01_Part0_1.png")
+    write_image(base / "test/good/kos01_Part0_0.png")
+    write_image(base / "test/defect/kos01_Part5_0.png")
+    write_mask(base / "ground_truth/defect/kos01_Part5_0.png")
+    root = prepare("sdd", raw=tmp_path / "SDD", out=tmp_path / "out")
+    test = AnomalyDataset(root, "test", image_size=None, require_masks=True)
+    assert test.classes == ["electrical commutators"] and sorted(test.labels.tolist()) == [0, 1]
+    assert len(samples(root, "train")) == 1
 
 
 def test_covid_folders_other_than_normal_are_anomalous_whatever_the_case(tmp_path, write_image, write_mask):

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from zsadlab.engine import load_or_sample_prompt_set, prompt_set_path
-from zsadlab.fewshot import balanced_batches, normal_indices_by_class, sample_prompt_indices, sample_prompt_paths
+from zsadlab.fewshot import (
+    WITH_REPLACEMENT,
+    balanced_batches,
+    normal_indices_by_class,
+    reference_seed,
+    sample_prompt_indices,
+    sample_prompt_paths,
+)
 
 #            0         1         2         3         4        5        6        7        8
 CLASSES = ["bottle", "bottle", "bottle", "bottle", "screw", "screw", "screw", "bottle", "screw"]
@@ -54,7 +61,8 @@ def test_evaluation_prompt_set_is_saved_once_and_reused(tmp_path):
     first = load_or_sample_prompt_set(tmp_path, "visa", "pcb1", 4, 0, paths)
     file = prompt_set_path(tmp_path, "visa", "pcb1", 4, 0)
     saved = json.loads(file.read_text())
-    assert saved == {"dataset": "visa", "class_name": "pcb1", "shots": 4, "seed": 0, "paths": first}
+    assert saved == {"dataset": "visa", "class_name": "pcb1", "shots": 4, "seed": 0, "draw": "without_replacement",
+                     "paths": first}
     assert load_or_sample_prompt_set(tmp_path, "visa", "pcb1", 4, 0, []) == first  # candidates not needed
 
 
@@ -64,6 +72,46 @@ def test_a_prompt_set_file_that_does_not_match_its_key_is_refused(tmp_path):
     file.write_text(json.dumps({"dataset": "visa", "class_name": "pcb1", "shots": 4, "seed": 0, "paths": ["a"] * 4}))
     with pytest.raises(ValueError, match="resample"):
         load_or_sample_prompt_set(tmp_path, "visa", "pcb1", 2, 0, ["x", "y"])
+
+
+def test_vand_references_are_the_official_draw_with_replacement_seeded_per_class_k_and_seed():
+    import torch
+
+    paths = [f"train/good/{i:03d}.png" for i in range(5)]
+    picked = sample_prompt_paths(paths[::-1], 8, seed=42, draw=WITH_REPLACEMENT, class_name="bottle")
+    # the official rule (VAND dataset.py, mode='train'): torch.randint(0, len(items), (k_shot,)) over the class's items
+    generator = torch.Generator().manual_seed(reference_seed("bottle", 8, 42))
+    assert picked == [paths[i] for i in torch.randint(0, 5, (8,), generator=generator).tolist()]
+    assert len(set(picked)) < 8  # 8 draws from 5 images: with replacement, a repeat is certain
+    assert sample_prompt_paths(paths, 8, 42, WITH_REPLACEMENT, "bottle") == picked  # a function of (class, k, seed)
+    others = [sample_prompt_paths(paths, 8, 42, WITH_REPLACEMENT, "screw"),
+              sample_prompt_paths(paths, 8, 43, WITH_REPLACEMENT, "bottle")]
+    assert all(other != picked for other in others)
+    assert sample_prompt_paths(paths[:1], 4, 0, WITH_REPLACEMENT, "bottle") == [paths[0]] * 4  # fewer images than k
+
+
+def test_a_prompt_set_drawn_by_the_other_rule_is_never_reused(tmp_path):
+    paths = [f"good/{i:03d}.png" for i in range(10)]
+    distinct = load_or_sample_prompt_set(tmp_path, "visa", "pcb1", 4, 0, paths)
+    repeated = load_or_sample_prompt_set(tmp_path, "visa", "pcb1", 4, 0, paths, draw=WITH_REPLACEMENT)
+    assert prompt_set_path(tmp_path, "visa", "pcb1", 4, 0, WITH_REPLACEMENT) != prompt_set_path(tmp_path, "visa", "pcb1", 4, 0)
+    assert json.loads(prompt_set_path(tmp_path, "visa", "pcb1", 4, 0, WITH_REPLACEMENT).read_text())["draw"] == WITH_REPLACEMENT
+    assert repeated == sample_prompt_paths(paths, 4, 0, WITH_REPLACEMENT, "pcb1") and distinct == sample_prompt_paths(paths, 4, 0)
+    wrong = prompt_set_path(tmp_path, "visa", "pcb2", 4, 0, WITH_REPLACEMENT)  # a file claiming the other rule
+    wrong.write_text(json.dumps({"dataset": "visa", "class_name": "pcb2", "shots": 4, "seed": 0,
+                                 "draw": "without_replacement", "paths": paths[:4]}))
+    with pytest.raises(ValueError, match="resample"):
+        load_or_sample_prompt_set(tmp_path, "visa", "pcb2", 4, 0, paths, draw=WITH_REPLACEMENT)
+    old = prompt_set_path(tmp_path, "visa", "pcb3", 2, 0)  # written before the rule was recorded: drawn without
+    old.write_text(json.dumps({"dataset": "visa", "class_name": "pcb3", "shots": 2, "seed": 0, "paths": ["a", "b"]}))
+    assert load_or_sample_prompt_set(tmp_path, "visa", "pcb3", 2, 0, []) == ["a", "b"]
+
+
+def test_each_few_shot_method_declares_its_official_draw_rule():
+    from zsadlab.methods import get_method
+
+    assert get_method("vand_fewshot").with_prompts.draw == "with_replacement"
+    assert get_method("inctrl").with_prompts.draw == get_method("winclip_plus").with_prompts.draw == "without_replacement"
 
 
 def test_training_batches_are_half_normal_then_half_anomalous_and_cover_each_pool_before_repeating():

@@ -2,8 +2,8 @@
 
 Writes random weights for ViT-L-14-336 as an OpenAI TorchScript archive (fp16 weights, fp32
 norms, the layout of OpenAI's ``ViT-L-14-336px.pt``) and for ViT-B-16-plus-240 as an open_clip
-``torch.save`` state dict (the layout of open_clip's ``laion400m_e32`` file) into a weights
-folder, builds both through the full profile's backbones (``$ZSADLAB_WEIGHTS_DIR``, the path a
+``torch.save`` state dict (the layout of open_clip's ``laion400m_e32`` file, named by model and
+tag) into a weights folder, builds both through the full profile's backbones (``$ZSADLAB_WEIGHTS_DIR``, the path a
 user's real files take), then runs one AnomalyCLIP prediction and one training step at 518 px,
 loads a prompt learner in the official checkpoint layout, and runs one InCTRL forward at 240 px.
 
@@ -56,8 +56,10 @@ def write_open_clip_state_dict(path, name: str) -> None:
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("weights")
-    write_openai_torchscript(folder / f"{FULL.anomalyclip_backbone.name}.pt", FULL.anomalyclip_backbone.name)
-    write_open_clip_state_dict(folder / f"{FULL.inctrl_backbone.name}.pt", FULL.inctrl_backbone.name)
+    anomalyclip = FULL.backbone("anomalyclip")  # one tag only (openai): the plain ViT-L-14-336.pt
+    write_openai_torchscript(folder / f"{anomalyclip.name}.pt", anomalyclip.name)
+    inctrl = FULL.backbone("inctrl")  # one file per pretrained tag: ViT-B-16-plus-240-laion400m_e32.pt
+    write_open_clip_state_dict(folder / f"{inctrl.name}-{inctrl.pretrained}.pt", inctrl.name)
     return folder
 
 
@@ -86,11 +88,11 @@ def official_prompt_learner(width: int = 768, n_ctx: int = 12, t_n_ctx: int = 4,
 
 
 def test_anomalyclip_at_full_size_predicts_trains_and_loads_the_official_checkpoint_layout(full_weights, tmp_path):
-    clip = FULL.anomalyclip_backbone.build("cpu")
+    clip = FULL.backbone("anomalyclip").build("cpu")
     assert clip.visual.conv1.weight.shape == (1024, 3, 14, 14) and len(clip.visual.transformer.resblocks) == 24
     assert all(p.dtype == torch.float32 for p in clip.parameters())
     model = AnomalyCLIP(clip, FULL.config("anomalyclip")).eval()
-    size = FULL.anomalyclip_image_size
+    size = FULL.config("anomalyclip").image_size
     assert size == 518
     torch.manual_seed(0)
     x = torch.randn(1, 3, size, size)
@@ -116,7 +118,7 @@ def test_anomalyclip_at_full_size_predicts_trains_and_loads_the_official_checkpo
 
 
 def test_inctrl_at_full_size_runs_a_forward_pass(full_weights):
-    clip = FULL.inctrl_backbone.build("cpu")
+    clip = FULL.backbone("inctrl").build("cpu")
     assert clip.visual.conv1.weight.shape == (896, 3, 16, 16)
     config = FULL.config("inctrl")
     size = config.image_size

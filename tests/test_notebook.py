@@ -35,3 +35,30 @@ def test_check_compares_numbers_within_a_tolerance_and_never_raises(capsys):
     assert not check("q2", None, 3)
     assert not check("q3", "bottle", "cable")
     assert "not answered yet" in capsys.readouterr().out
+
+
+def test_official_loads_the_pulled_vand_checkpoint_of_the_training_set_when_the_profile_is_meaningful(
+        tmp_path, monkeypatch):
+    import dataclasses
+
+    import torch
+
+    from zsadlab import pretrained
+    from zsadlab.vand import save_official_checkpoint
+
+    session = start(profile="smoke", data_root=str(tmp_path / "data"), output_dir=str(tmp_path / "out"),
+                    cache=str(tmp_path / "cache"))
+    source = session.build("vand")
+    with torch.no_grad():
+        for p in source.trainable_linearlayer.parameters():
+            p.add_(1.0)  # weights no fresh build has
+    file = save_official_checkpoint(source, tmp_path / "mvtec_pretrained.pth")
+    monkeypatch.setenv("ZSADLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setitem(pretrained.PRETRAINED, "vand-mvtec", dataclasses.replace(
+        pretrained.PRETRAINED["vand-mvtec"], git_sha1=pretrained.git_blob_sha1(file)))
+    pretrained.pull("vand-mvtec", from_file=file)
+    session.profile = dataclasses.replace(session.profile, meaningful=True)  # as the full profile, tiny backbone
+    model, action = session.official(method="vand", train_name="mvtec")
+    assert action == "pulled"
+    assert all(torch.equal(a, b) for a, b in zip(model.trainable_linearlayer.state_dict().values(),
+                                                 source.trainable_linearlayer.state_dict().values()))

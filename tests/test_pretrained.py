@@ -152,3 +152,53 @@ def test_a_zsadlab_home_that_is_a_file_names_the_variable(tmp_path, monkeypatch,
     assert cli.main(["pull", "anomalyclip-mvtec", "--from", str(tmp_path / "x.pth")]) == 2
     err = capsys.readouterr().err
     assert "$ZSADLAB_HOME=" in err and "is a file" in err and "Free some space" not in err
+def test_the_registry_pins_the_official_vand_checkpoints_committed_to_vand_april_gan():
+    base = "https://raw.githubusercontent.com/ByChelsea/VAND-APRIL-GAN/f13b8a634e04f9fde8fa03db125b25af5695d8e1/"
+    assert PRETRAINED["vand-mvtec"].url == base + "exps/pretrained/mvtec_pretrained.pth"
+    assert PRETRAINED["vand-mvtec"].git_sha1 == "a057cec6c2ba5996baa0160a51e155908156813f"
+    assert PRETRAINED["vand-visa"].url == base + "exps/pretrained/visa_pretrained.pth"
+    assert PRETRAINED["vand-visa"].git_sha1 == "86d6848c543f8393663d35c0333498ffb5ce9b68"
+    assert {PRETRAINED[n].method for n in ("vand-mvtec", "vand-visa")} == {"vand"}
+
+
+def test_both_vand_checkpoints_are_pulled_verified_by_git_blob_sha1_and_a_wrong_file_is_refused(
+        tmp_path, server, monkeypatch):
+    served, base = server
+    monkeypatch.setenv("ZSADLAB_HOME", str(tmp_path / "home"))
+    for name, filename in (("vand-mvtec", "mvtec_pretrained.pth"), ("vand-visa", "visa_pretrained.pth")):
+        content = STAND_IN + name.encode()
+        (served / "probe").write_bytes(content)
+        serve_as(monkeypatch, served, base, name, content, git_blob_sha1(served / "probe"))
+        path = pull(name)
+        assert path == tmp_path / "home" / name / filename and path.read_bytes() == content
+        assert pretrained.path(name) == path
+    official = PRETRAINED["vand-visa"].git_sha1
+    monkeypatch.undo()  # the real pinned hashes again
+    monkeypatch.setenv("ZSADLAB_HOME", str(tmp_path / "home2"))
+    serve_as(monkeypatch, served, base, "vand-visa", b"not the official file", official)
+    with pytest.raises(ValueError, match=f"not the official vand-visa checkpoint: its git blob SHA-1 is .* expected {official}"):
+        pull("vand-visa")
+    assert list((tmp_path / "home2" / "vand-visa").iterdir()) == []
+    (tmp_path / "by_hand.pth").write_bytes(b"also not it")  # --from gets the same verification
+    with pytest.raises(ValueError, match="by_hand.pth is not the official vand-visa"):
+        pull("vand-visa", from_file=tmp_path / "by_hand.pth")
+    assert not pretrained.available("vand-visa")
+
+
+def test_offline_a_vand_pull_fails_within_seconds_naming_the_url_and_the_from_fix(tmp_path, monkeypatch):
+    url = f"http://127.0.0.1:{closed_port()}/mvtec_pretrained.pth"
+    monkeypatch.setitem(PRETRAINED, "vand-mvtec", dataclasses.replace(PRETRAINED["vand-mvtec"], url=url))
+    started = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as err:
+        pull("vand-mvtec", home=tmp_path / "home")
+    assert time.monotonic() - started < 5
+    assert url in str(err.value) and "zsadlab pull vand-mvtec --from FILE" in str(err.value)
+
+
+def test_each_method_finds_the_official_checkpoint_of_its_training_set():
+    from zsadlab.pretrained import official_for
+
+    assert official_for("vand", "mvtec") == official_for("vand_fewshot", "mvtec") == "vand-mvtec"
+    assert official_for("vand", "visa") == "vand-visa"
+    assert official_for("anomalyclip", "mvtec") == "anomalyclip-mvtec" and official_for("anomalyclip", "visa") == "anomalyclip-visa"
+    assert official_for("vand", "synthetic_industrial") is None and official_for("coop", "mvtec") is None

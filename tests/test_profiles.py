@@ -87,18 +87,24 @@ def test_vand_runs_on_the_papers_setup_in_full_and_on_the_tiny_backbone_in_smoke
     assert smoke.config("vand").features == (2, 4, 6, 8) and smoke.config("vand").image_size == 112
 
 
+L14, E31, E32 = ("ViT-L-14-336", "openai"), ("ViT-B-16-plus-240", "laion400m_e31"), ("ViT-B-16-plus-240", "laion400m_e32")
+
+
 @pytest.mark.parametrize("present,expected,missing", [
-    ({"ViT-L-14-336", "ViT-B-16-plus-240"}, "full", None),
-    ({"ViT-L-14-336"}, "smoke", "ViT-B-16-plus-240"),
-    ({"ViT-B-16-plus-240"}, "smoke", "ViT-L-14-336"),
-    (set(), "smoke", "ViT-L-14-336"),
+    ({L14, E31, E32}, "full", None),
+    ({L14, E32}, "smoke", E31),
+    ({L14, E31}, "smoke", E32),
+    ({E31, E32}, "smoke", L14),
+    (set(), "smoke", L14),
 ])
-def test_auto_is_full_only_when_both_full_backbones_have_weights(monkeypatch, capsys, present, expected, missing):
+def test_auto_is_full_only_when_all_three_full_backbones_have_weights(monkeypatch, capsys, present, expected, missing):
     from zsadlab import profiles
 
     from zsadlab import backbone
 
-    monkeypatch.setattr(backbone, "weights_available", lambda name, pretrained: name in present)
+    assert {(setup.backbone.name, setup.backbone.pretrained) for setup in PROFILES["full"].setups.values()} == {
+        L14, E31, E32}
+    monkeypatch.setattr(backbone, "weights_available", lambda name, pretrained: (name, pretrained) in present)
     profiles._print_banner_once.cache_clear()
     profiles._print_once.cache_clear()
     assert get_profile("auto").name == expected
@@ -106,4 +112,5 @@ def test_auto_is_full_only_when_both_full_backbones_have_weights(monkeypatch, ca
     assert ("NOT meaningful" in out) == (expected == "smoke")
     if missing:
         line = next(line for line in out.splitlines() if "missing full-profile weights" in line)
-        assert missing in line and all(name not in line for name in present)
+        assert f"{missing[0]} ({missing[1]})" in line
+        assert all(f"{name} ({tag})" not in line for name, tag in present)

@@ -16,9 +16,9 @@ and ``anomalyclip_multilayer``: four distinct blocks (6/12/18/24 on ViT-L).
 configuration: until April 2025 the official DPAM path appended references to one tensor
 that later blocks updated in place, so its four "multi-scale" maps were four copies of
 block 24; the paper's numbers and the released checkpoints come from that, and the authors
-then switched ``train.sh``/``test.sh`` to ``--features_list 24`` (official commits 2a7c886,
-76b83e1). Four really distinct layers are the ``anomalyclip_multilayer`` preset, never the
-default.
+fixed it (``.clone()``, official commit 2a7c886), switched ``train.sh``/``test.sh`` to
+``--features_list 24`` (6a6ce8b / cc0cfba) and added ``lam = 4`` to ``train.py`` (76b83e1).
+Four really distinct layers are the ``anomalyclip_multilayer`` preset, never the default.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Everything the methods need from CLIP goes through this module, so AnomalyCLIP
 and InCTRL never touch open_clip internals themselves:
 
 * :func:`load_clip` - a real open_clip model by name and pretrained tag, or from
-  the model's own local file (:func:`local_weights_file`); offline it fails in
+  the tag's own local file (:func:`local_weights_file`); offline it fails in
   seconds with a message saying what to do. OpenAI's TorchScript ``.pt`` files
   are read as data: no code from a weight file ever runs.
 * :func:`clip_from_openai_state_dict` - an fp32 open_clip CLIP from an OpenAI-format
@@ -42,7 +42,7 @@ from .utils import is_torchscript_archive, load_torch_file, load_torchscript_ten
 
 WEIGHTS_ENV = "ZSADLAB_CLIP_WEIGHTS"  # one file for WEIGHTS_ENV_MODEL only (kept from earlier versions)
 WEIGHTS_ENV_MODEL = "ViT-L-14-336"
-WEIGHTS_DIR_ENV = "ZSADLAB_WEIGHTS_DIR"  # a folder of weight files named by model, e.g. ViT-B-16-plus-240.pt
+WEIGHTS_DIR_ENV = "ZSADLAB_WEIGHTS_DIR"  # a folder of weight files named by model and tag (weights_file_names)
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")  # not weights
 OFFLINE_PROBE_SECONDS = 2.0
@@ -156,7 +156,7 @@ def cached_weights(name: str, pretrained: str, cache_dir: str | None = None) -> 
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(name)
         raise ValueError(f"open_clip has no pretrained tag {pretrained!r} for {name!r}; known tags: {tags}")
-    if cfg.get("hf_hub"):
+    if cfg.get("hf_hub") and hub_identifies_tag(name, pretrained):
         found = _hf_cached_file(cfg["hf_hub"], cache_dir)
         if found:
             return found
@@ -166,6 +166,18 @@ def cached_weights(name: str, pretrained: str, cache_dir: str | None = None) -> 
         if candidate.is_file():
             return candidate
     return None
+
+
+def hub_identifies_tag(name: str, pretrained: str) -> bool:
+    """False when open_clip points another tag of ``name`` at the same model-hub repository.
+
+    open_clip (3.3) gives ViT-B-16-plus-240 ``laion400m_e32`` the hub repository of ``laion400m_e31``
+    (``timm/vit_base_patch16_plus_clip_240.laion400m_e31``), so a hub copy would give InCTRL WinCLIP's
+    weights; such a tag is looked up and downloaded by its own URL only.
+    """
+    hub = (open_clip.get_pretrained_cfg(name, pretrained) or {}).get("hf_hub")
+    others = [t for t in open_clip.list_pretrained_tags_by_model(name) if t != pretrained]
+    return bool(hub) and all((open_clip.get_pretrained_cfg(name, t) or {}).get("hf_hub") != hub for t in others)
 
 
 def _can_connect(host: str, port: int, timeout: float) -> bool:
@@ -282,35 +294,60 @@ def _existing_file(path: str, source: str) -> Path:
     return found
 
 
-def weights_file_names(name: str, pretrained: str | None = None) -> list[str]:
-    """File names :func:`local_weights_file` accepts for ``name`` in ``$ZSADLAB_WEIGHTS_DIR``:
-    ``<name>.pt`` (``.pth``, ``.bin``, ``.safetensors``) and the official download's own name."""
-    tags = [pretrained] if pretrained and not _looks_like_path(pretrained) else open_clip.list_pretrained_tags_by_model(name)
-    urls = [(open_clip.get_pretrained_cfg(name, tag) or {}).get("url") for tag in tags]
-    return [name + suffix for suffix in WEIGHT_SUFFIXES] + [os.path.basename(url) for url in urls if url]
+def weights_file_names(name: str, pretrained: str) -> list[str]:
+    """File names :func:`local_weights_file` accepts for ``(name, pretrained)`` in ``$ZSADLAB_WEIGHTS_DIR``.
+
+    One file per pretrained tag: ``<name>-<tag>.pt`` (``.pth``, ``.bin``, ``.safetensors``) and the
+    official download's own name (e.g. ``vit_b_16_plus_240-laion400m_e31-8fb26589.pt``). The plain
+    ``<name>.pt`` only where the model has this one tag (``ViT-L-14-336.pt`` can only be ``openai``):
+    WinCLIP's ViT-B-16-plus-240 ``laion400m_e31`` and InCTRL's ``laion400m_e32`` are never crossed.
+    """
+    url = (open_clip.get_pretrained_cfg(name, pretrained) or {}).get("url")
+    names = [f"{name}-{pretrained}{suffix}" for suffix in WEIGHT_SUFFIXES] + ([os.path.basename(url)] if url else [])
+    if open_clip.list_pretrained_tags_by_model(name) == [pretrained]:
+        names += [name + suffix for suffix in WEIGHT_SUFFIXES]
+    return names
+
+
+def refuse_untagged_file(folder: Path, name: str, pretrained: str) -> None:
+    """Raise :class:`WeightsUnavailableError` when ``folder`` holds a plain ``<name>.pt`` for a model with
+    several pretrained tags (say ViT-B-16-plus-240: ``laion400m_e31`` for WinCLIP, ``laion400m_e32`` for
+    InCTRL), whose tag cannot be told from the file; the message names both candidate file names."""
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    plain = next((folder / (name + s) for s in WEIGHT_SUFFIXES if (folder / (name + s)).is_file()), None)
+    if plain is None or len(tags) < 2:
+        return
+    candidates = " or ".join(f"{name}-{tag}{plain.suffix}" for tag in tags)
+    raise WeightsUnavailableError(
+        f"{plain} could hold any of the pretrained tags {tags} of {name} and {pretrained!r} is needed: "
+        f"rename it to {candidates} after the tag it holds (one file per tag).")
 
 
 def local_weights_file(name: str, pretrained: str | None) -> Path | None:
-    """The local weight file for model ``name``, or ``None`` (then open_clip's cache or the hub is used).
+    """The local weight file for ``(name, pretrained)``, or ``None`` (then open_clip's cache or the hub is used).
 
     In order: ``pretrained`` itself when it is a path; ``$ZSADLAB_CLIP_WEIGHTS``, which
     feeds :data:`WEIGHTS_ENV_MODEL` (ViT-L-14-336) only, never a model of another shape;
     ``$ZSADLAB_WEIGHTS_DIR/<file>`` with a name from :func:`weights_file_names`
-    (e.g. ``ViT-L-14-336.pt``, ``ViT-B-16-plus-240.pt``). A path that is set but
-    missing raises :class:`WeightsUnavailableError` naming it.
+    (e.g. ``ViT-L-14-336.pt``, ``ViT-B-16-plus-240-laion400m_e32.pt``); a plain file whose tag is
+    ambiguous is refused (:func:`refuse_untagged_file`). A path that is set but missing raises
+    :class:`WeightsUnavailableError` naming it.
     """
     if _looks_like_path(pretrained):
         return _existing_file(pretrained, f"the weights path given for {name!r}")
     if name == WEIGHTS_ENV_MODEL and os.environ.get(WEIGHTS_ENV):
         return _existing_file(os.environ[WEIGHTS_ENV], f"{WEIGHTS_ENV} (the {WEIGHTS_ENV_MODEL} weights)")
     folder = os.environ.get(WEIGHTS_DIR_ENV)
-    if not folder:
+    if not folder or not pretrained:
         return None
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise WeightsUnavailableError(f"{WEIGHTS_DIR_ENV} names {folder}, which is not a folder. "
                                       "Fix the path (or unset the variable).")
-    return next((folder / n for n in weights_file_names(name, pretrained) if (folder / n).is_file()), None)
+    found = next((folder / n for n in weights_file_names(name, pretrained) if (folder / n).is_file()), None)
+    if found is None:
+        refuse_untagged_file(folder, name, pretrained)
+    return found
 
 
 def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
@@ -351,7 +388,7 @@ def _load_matching(model: CLIP, state_dict: dict, name: str, source: Path) -> No
         raise ValueError(
             f"weights in {source} do not fit open_clip model {name!r}: {'; '.join(p for p in problems if p)}. "
             f"The file belongs to another model: {WEIGHTS_ENV} feeds {WEIGHTS_ENV_MODEL} only; give each "
-            f"model its own file ({WEIGHTS_DIR_ENV}/{name}.pt)."
+            f"model and pretrained tag its own file ({WEIGHTS_DIR_ENV}/{name}-<tag>.pt)."
         )
     model.load_state_dict(state_dict, strict=False)
 
@@ -363,13 +400,13 @@ def _offline_message(name: str, pretrained: str) -> str:
         f"CLIP weights for {name!r} / {pretrained!r} are not on this machine and the model hub cannot be "
         f"reached (checked in {OFFLINE_PROBE_SECONDS:.0f} s; cache directory: {cache}). Either run once with "
         f"network access so open_clip caches them, or download the weight file yourself and save it as "
-        f"{name}.pt in the folder named by {WEIGHTS_DIR_ENV}{variable}. "
+        f"{weights_file_names(name, pretrained)[0]} in the folder named by {WEIGHTS_DIR_ENV}{variable}. "
         f"For CPU smoke runs without weights use profile='smoke'."
     )
 
 
-def _offline_hint(name: str) -> str:
-    return f"e.g. {WEIGHTS_DIR_ENV}/{name}.pt; see README, 'Weights: one file per backbone'"
+def _offline_hint(name: str, pretrained: str) -> str:
+    return f"e.g. {WEIGHTS_DIR_ENV}/{weights_file_names(name, pretrained)[0]}; see README, 'Weights: one file per backbone'"
 
 
 def _uses_quick_gelu(name: str, pretrained: str | None) -> bool:
@@ -411,8 +448,8 @@ def load_clip(name: str, pretrained: str, device: str | torch.device | None = No
 
     ``pretrained`` is an open_clip tag (``"openai"``) or a path to a weight file
     (OpenAI TorchScript ``.pt``, open_clip ``.bin``/``.pt``, or ``.safetensors``).
-    Given a tag, :func:`local_weights_file` looks for the model's own file first
-    (``$ZSADLAB_WEIGHTS_DIR/<name>.pt``; ``$ZSADLAB_CLIP_WEIGHTS`` for ViT-L-14-336 only).
+    Given a tag, :func:`local_weights_file` looks for the tag's own file first
+    (``$ZSADLAB_WEIGHTS_DIR/<name>-<tag>.pt``; ``$ZSADLAB_CLIP_WEIGHTS`` for ViT-L-14-336 only).
     Offline with nothing on disk it raises :class:`WeightsUnavailableError` within
     a few seconds rather than retrying the hub for a minute.
     """
@@ -422,11 +459,16 @@ def load_clip(name: str, pretrained: str, device: str | torch.device | None = No
     problem = weights_file_problem(local, name) if local is not None else None
     if problem is not None:
         raise WeightsFileError(f"{local} cannot be the {name} weights: {problem}. Replace it with the "
-                                      f"complete {name} file ({_offline_hint(name)}).")
+                               f"complete {name} file ({_offline_hint(name, pretrained)}).")
+    if local is None and not hub_reachable():
+        raise WeightsUnavailableError(_offline_message(name, pretrained))
+    if local is None and not hub_identifies_tag(name, pretrained):  # the tag's own URL, never a shared hub copy
+        downloaded = open_clip.download_pretrained(open_clip.get_pretrained_cfg(name, pretrained), prefer_hf_hub=False)
+        if not downloaded:
+            raise WeightsUnavailableError(_offline_message(name, pretrained))
+        local = Path(downloaded)
     if local is not None:
         model = clip_from_file(name, local, quick_gelu)
-    elif not hub_reachable():
-        raise WeightsUnavailableError(_offline_message(name, pretrained))
     else:
         model = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick_gelu)
     return model.float().eval().to(device)

@@ -11,7 +11,9 @@ and the official training batches (:func:`balanced_batches`):
   as tensors without the sampling code; here the set is a function of the set of
   candidate paths and the seed (:func:`sample_prompt_paths`); the engine saves it
   as a JSON list of image paths and reuses it, so every run and every reader sees
-  the same prompts (this module writes no files).
+  the same prompts (this module writes no files). Two draw rules
+  (:data:`DRAW_RULES`): distinct images (InCTRL, WinCLIP+) or, as VAND's official
+  few-shot test, ``k`` independent draws **with replacement** (:func:`reference_seed`).
 
 The helpers take plain sequences (paths, labels, class names), so they work
 with ``AnomalyDataset.samples`` or any list. :class:`PromptedPredictor` is the shape every
@@ -19,6 +21,7 @@ few-shot method shares at test time: one reference set per class, encoded once.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import defaultdict
 from typing import Any, Iterator, Mapping, Sequence
@@ -60,9 +63,36 @@ def sample_prompt_indices(query_indices: Sequence[int], labels: Sequence[int], c
     return chosen
 
 
-def sample_prompt_paths(normal_paths: Sequence[str | os.PathLike], shots: int, seed: int) -> list[str]:
-    """``shots`` distinct paths out of ``normal_paths``, a function of the *set* of paths and ``seed`` only."""
+WITHOUT_REPLACEMENT, WITH_REPLACEMENT = "without_replacement", "with_replacement"
+DRAW_RULES = (WITHOUT_REPLACEMENT, WITH_REPLACEMENT)
+
+
+def reference_seed(class_name: str, shots: int, seed: int) -> int:
+    """A 63-bit seed for the references of (class, k, seed), the same on every machine (sha256), so
+    that classes and shot counts draw independently of each other and of the order they are drawn in."""
+    digest = hashlib.sha256(f"{class_name}\0{shots}\0{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def sample_prompt_paths(normal_paths: Sequence[str | os.PathLike], shots: int, seed: int,
+                        draw: str = WITHOUT_REPLACEMENT, class_name: str = "") -> list[str]:
+    """``shots`` paths out of ``normal_paths`` (taken as a set: sorted first) by the rule ``draw``.
+
+    * ``"without_replacement"``: ``shots`` distinct paths, a function of the set of paths and ``seed``.
+    * ``"with_replacement"``: VAND's official rule (``dataset.py``, ``mode='train'``:
+      ``torch.randint(0, len(data_tmp), (k_shot,))``): ``shots`` independent uniform draws, so a
+      reference may repeat. The official draw runs on the global torch RNG after the model is built
+      (its exact files cannot be reproduced); here on a generator seeded by
+      :func:`reference_seed` of (``class_name``, ``shots``, ``seed``).
+    """
     pool = sorted(str(p) for p in normal_paths)
+    if draw not in DRAW_RULES:
+        raise ValueError(f"unknown draw rule {draw!r}; choose one of {DRAW_RULES}")
+    if draw == WITH_REPLACEMENT:
+        if not pool:
+            raise ValueError(f"{shots}-shot prompts need at least one normal image, none given")
+        generator = torch.Generator().manual_seed(reference_seed(class_name, shots, seed))
+        return [pool[i] for i in torch.randint(0, len(pool), (shots,), generator=generator).tolist()]
     if len(pool) < shots:
         raise ValueError(f"{shots}-shot prompts need {shots} normal images, only {len(pool)} given")
     picked = np.random.default_rng(seed).choice(len(pool), size=shots, replace=False)
@@ -100,8 +130,11 @@ class PromptedPredictor(nn.Module):
 
     Each class's references ``[k, 3, S, S]`` are encoded once (:meth:`encode`); a batch may mix
     classes, and each image is scored against its own class's memory (:meth:`predict_class`).
-    A method subclasses it with those two methods.
+    A method subclasses it with those two methods, and sets :attr:`draw` (one of
+    :data:`DRAW_RULES`) when its official references are drawn by another rule.
     """
+
+    draw = WITHOUT_REPLACEMENT  # how evaluation draws this method's reference sets (sample_prompt_paths)
 
     def __init__(self, model: nn.Module, prompts: Mapping[str, torch.Tensor]):
         super().__init__()

@@ -101,16 +101,19 @@ class Session:
         print(f"{method} on {Path(data.root).name}: {run.action} ({run.folder.name})")
         return model, run
 
-    def official(self, checkpoint_name: str = "anomalyclip-mvtec", method: str = "anomalyclip",
+    def official(self, checkpoint_name: str | None = None, method: str = "anomalyclip",
                  train_name: str | None = None, checkpoint: str | None = None, **changes):
         """The model with official weights where they exist, else trained (or reused) here.
 
         ``checkpoint``: a file given by the user; otherwise, in the full profile, the pulled
-        official checkpoint ``checkpoint_name`` (``zsadlab pull``) when it is on this machine.
+        official checkpoint ``checkpoint_name`` (``zsadlab pull``; default: the official checkpoint of
+        ``method`` trained on ``train_name``, :func:`zsadlab.pretrained.official_for`, e.g. ``vand-mvtec``)
+        when it is on this machine.
         Returns ``(model, action)`` with action ``"pulled"``, ``"trained"`` or ``"reused"``.
         """
+        checkpoint_name = checkpoint_name or pretrained.official_for(method, train_name or self.train_name)
         path = viz.resolve_path(checkpoint) if checkpoint else None
-        if path is None and self.profile.meaningful and pretrained.available(checkpoint_name):
+        if path is None and checkpoint_name and self.profile.meaningful and pretrained.available(checkpoint_name):
             path = pretrained.path(checkpoint_name)
         if path is None:
             model, run = self.trained(method, train_name, **changes)

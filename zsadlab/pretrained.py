@@ -1,8 +1,9 @@
 """Official checkpoints, pulled once and verified: ``pull("anomalyclip-mvtec")``.
 
-The official AnomalyCLIP prompt learners live in the repository zqhang/AnomalyCLIP;
-they are downloaded from GitHub's raw URL at a pinned commit into a cache folder
-(``$ZSADLAB_HOME``, default ``~/.cache/zsadlab``), as ``<home>/<name>/<file>``.
+The official AnomalyCLIP prompt learners live in the repository zqhang/AnomalyCLIP, the
+official VAND (APRIL-GAN) linear layers in ByChelsea/VAND-APRIL-GAN (``exps/pretrained/``,
+added in 26f19a6); they are downloaded from GitHub's raw URL at a pinned commit into a
+cache folder (``$ZSADLAB_HOME``, default ``~/.cache/zsadlab``), as ``<home>/<name>/<file>``.
 A file is verified by its git blob SHA-1 (what ``git hash-object FILE`` prints)
 *before* it is moved into place, atomically; a file that does not match is
 deleted and nothing is kept. A file downloaded by hand is registered with
@@ -16,7 +17,8 @@ state dict (its head keys ``adapter.*``, ``diff_head.*``, ``diff_head_ref.*``
 present); its sha256 is printed on registration so that it can be compared
 with a colleague's copy. This is a format check, not an authenticity check.
 
-For notebooks: :func:`available` (on disk?) and :func:`path` (load-or-pull).
+For notebooks: :func:`available` (on disk?), :func:`path` (load-or-pull) and
+:func:`official_for` (which checkpoint a method trained on a dataset has).
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ HOME_ENV = "ZSADLAB_HOME"
 DEFAULT_HOME = "~/.cache/zsadlab"
 ANOMALYCLIP_COMMIT = "45ed4dd35c05797d854294b5e8d585c545920089"
 ANOMALYCLIP_RAW = f"https://raw.githubusercontent.com/zqhang/AnomalyCLIP/{ANOMALYCLIP_COMMIT}/"
+VAND_COMMIT = "f13b8a634e04f9fde8fa03db125b25af5695d8e1"  # the checkpoints were added in 26f19a6
+VAND_RAW = f"https://raw.githubusercontent.com/ByChelsea/VAND-APRIL-GAN/{VAND_COMMIT}/"
 INCTRL_DRIVE = "https://drive.google.com/drive/folders/1McmfxF8_H0BeRvcJ_poGIB-ATQCDDEIa"  # mala-lab/InCTRL README
 CHUNK = 1 << 20
 
@@ -46,27 +50,36 @@ class Pretrained:
     """One official checkpoint: where it comes from and how a copy is verified."""
 
     name: str
-    method: str  # "anomalyclip" | "inctrl"
+    method: str  # "anomalyclip" | "inctrl" | "vand"
     trained_on: str
     filename: str  # name of the file in <home>/<name>/
     url: str | None  # None: no direct download; only a file given by hand is accepted
     git_sha1: str | None  # git blob SHA-1; None: checked by its format (see the module docstring)
     page: str  # where a person downloads it by hand
+    dataset: str | None = None  # registry name of the training set (see official_for)
 
 
-def _anomalyclip(name: str, trained_on: str, folder: str, git_sha1: str) -> Pretrained:
-    url = ANOMALYCLIP_RAW + f"checkpoints/{folder}/epoch_15.pth"
-    return Pretrained(name, "anomalyclip", trained_on, "epoch_15.pth", url, git_sha1, url)
+def _in_git(name: str, method: str, trained_on: str, dataset: str, url: str, git_sha1: str) -> Pretrained:
+    """An official checkpoint committed to a GitHub repository: raw URL at a pinned commit, git blob SHA-1."""
+    return Pretrained(name, method, trained_on, os.path.basename(url), url, git_sha1, url, dataset)
 
 
 PRETRAINED: dict[str, Pretrained] = {
     # The official folder names are inverted: checkpoints/9_12_4_multiscale_visa/ holds the model
     # trained on MVTec AD, checkpoints/9_12_4_multiscale/ the one trained on VisA (the official
     # test.sh evaluates the first on VisA and the second on MVTec AD, the zero-shot protocol).
-    "anomalyclip-mvtec": _anomalyclip("anomalyclip-mvtec", "MVTec AD", "9_12_4_multiscale_visa",
-                                      "72adc786e031b49ea288ba5f815f0d38cf158708"),
-    "anomalyclip-visa": _anomalyclip("anomalyclip-visa", "VisA", "9_12_4_multiscale",
-                                     "c90f1d9d92d158b436a8fc193f984d4cec8b1fc8"),
+    "anomalyclip-mvtec": _in_git("anomalyclip-mvtec", "anomalyclip", "MVTec AD", "mvtec",
+                                 ANOMALYCLIP_RAW + "checkpoints/9_12_4_multiscale_visa/epoch_15.pth",
+                                 "72adc786e031b49ea288ba5f815f0d38cf158708"),
+    "anomalyclip-visa": _in_git("anomalyclip-visa", "anomalyclip", "VisA", "visa",
+                                ANOMALYCLIP_RAW + "checkpoints/9_12_4_multiscale/epoch_15.pth",
+                                "c90f1d9d92d158b436a8fc193f984d4cec8b1fc8"),
+    # VAND's test_zero_shot.sh / test_few_shot.sh evaluate mvtec_pretrained.pth on VisA and
+    # visa_pretrained.pth on MVTec AD (the zero-shot protocol; the names are not inverted).
+    "vand-mvtec": _in_git("vand-mvtec", "vand", "MVTec AD", "mvtec", VAND_RAW + "exps/pretrained/mvtec_pretrained.pth",
+                          "a057cec6c2ba5996baa0160a51e155908156813f"),
+    "vand-visa": _in_git("vand-visa", "vand", "VisA", "visa", VAND_RAW + "exps/pretrained/visa_pretrained.pth",
+                         "86d6848c543f8393663d35c0333498ffb5ce9b68"),
     "inctrl": Pretrained("inctrl", "inctrl", "the official auxiliary data (see the InCTRL README)",
                          "inctrl.pth", None, None, INCTRL_DRIVE),
 }
@@ -97,6 +110,14 @@ def entry(name: str) -> Pretrained:
     if name not in PRETRAINED:
         raise ValueError(f"unknown checkpoint {name!r}; choose one of {sorted(PRETRAINED)}")
     return PRETRAINED[name]
+
+
+def official_for(method: str, dataset: str) -> str | None:
+    """The registry name of the official checkpoint of ``method`` trained on the dataset registered as
+    ``dataset`` (``official_for("vand", "mvtec") == "vand-mvtec"``), or ``None`` when there is none.
+    Few-shot variants share their zero-shot method's checkpoint (``vand_fewshot`` -> ``vand``)."""
+    family = method.removesuffix("_fewshot")
+    return next((item.name for item in PRETRAINED.values() if (item.method, item.dataset) == (family, dataset)), None)
 
 
 def target(name: str, home: str | os.PathLike | None = None) -> Path:

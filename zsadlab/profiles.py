@@ -7,8 +7,9 @@ its ``Setup`` for the profile's name (``Method.setups``); ``profile.config("inct
 ``profile.backbone("inctrl")`` look it up in the registry. Both profiles run exactly the same
 code paths; the methods never branch on the profile. A new profile is one :data:`PROFILES`
 entry here plus one ``Setup`` per method module.
-``auto`` picks ``full`` when the weights of every full backbone are on disk and ``smoke``
-otherwise, with a banner, printed once, that names the missing weights.
+``auto`` picks ``full`` when the weights of every full backbone are on disk (ViT-L-14-336 ``openai``,
+ViT-B-16-plus-240 ``laion400m_e31`` for WinCLIP and ``laion400m_e32`` for InCTRL: one file per
+tag) and ``smoke`` otherwise, with a banner, printed once, that names the missing weights.
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def _print_once(text: str) -> None:
 
 
 def missing_full_weights() -> list[Backbone]:
-    """The full profile's backbones whose weights are not on this machine (each named once)."""
+    """The full profile's backbones, one per (model, pretrained tag), whose weights are not on this machine."""
     backbones = dict.fromkeys(setup.backbone for setup in PROFILES["full"].setups.values())  # each once, in order
     return [backbone for backbone in backbones if not backbone.available()]
 
@@ -96,8 +97,8 @@ def missing_full_weights() -> list[Backbone]:
 def get_profile(name: str = "auto", quiet: bool = False) -> Profile:
     """The profile called ``name`` (``full``, ``smoke`` or ``auto``).
 
-    ``auto`` is ``full`` when the weights of every full backbone are already on this
-    machine, else ``smoke``. Choosing smoke prints :data:`SMOKE_BANNER` once per process;
+    ``auto`` is ``full`` when the weights of every full backbone (three: one per model and tag)
+    are already on this machine, else ``smoke``. Choosing smoke prints :data:`SMOKE_BANNER` once per process;
     under ``auto`` it names the missing weights.
     """
     missing = []

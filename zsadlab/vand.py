@@ -46,7 +46,7 @@ from .backbone import Backbone, block_tokens, freeze, grid_size, pooled_image_em
 from .checkpoints import load_submodule_checkpoint
 from .data import dataset_name, load_mask, load_rgb
 from .data.dataset import normalised_tensor, resized_mask, resized_rgb
-from .fewshot import PromptedPredictor
+from .fewshot import WITH_REPLACEMENT, PromptedPredictor
 from .maps import anomaly_map, image_scores, similarity_logits
 from .methods import (Method, Setup, clip_model_builder, learned_state, masked_test_split_recipe, register_method,
                       shuffled_batches)
@@ -343,7 +343,11 @@ class VANDFewShot(PromptedPredictor):
     Each class's references ``[k, 3, S, S]`` are encoded into a memory once
     (:meth:`VAND.reference_memory`). Scores are the text probabilities; evaluation turns them
     into the official few-shot scores per class with :func:`normalise_fewshot_scores`.
+    Evaluation draws the references with replacement, as the official ``dataset.py`` does
+    (``torch.randint(0, len(data_tmp), (k_shot,))`` over the class's training items).
     """
+
+    draw = WITH_REPLACEMENT
 
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.model.reference_memory(images)

@@ -16,8 +16,9 @@ medical scripts) or keep 25 % of the normal images for ``test`` (:func:`inctrl_h
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -101,30 +102,39 @@ def is_empty_mask(path: Path) -> bool:
 # ---------------------------------------------------------------- MVTec-like sets
 
 
-def mvtec_like(raw: Path, out: LayoutWriter) -> None:
+def split_class_dirs(raw: Path) -> list[Path]:
+    """Class folders of a raw tree already in the common layout: ``raw`` itself when it holds
+    ``test/``, else its subfolders holding ``test/`` (``[]`` for any other layout)."""
+    if not raw.is_dir():
+        return []
+    return [raw] if (raw / "test").is_dir() else [d for d in subfolders(raw) if (d / "test").is_dir()]
+
+
+def mvtec_like(raw: Path, out: LayoutWriter, class_name: str | None = None) -> None:
     """MVTec AD layout (also MPDD, DTD-Synthetic and any already-converted set).
 
     ``raw/<class>/{train/good, test/<defect>, ground_truth/<defect>/<name>_mask.png}``;
     masks may also be named ``<name>.png``. Class names are the folder names, as the
-    official ``mvtec.py``, ``mpdd.py`` and ``DTD.py`` write them (``Woven_001``). A raw
-    folder that is itself one class (holds ``test/``) becomes a class named after the
-    folder. Classes without ``ground_truth/`` are image-level only.
+    official ``mvtec.py``, ``mpdd.py`` and ``DTD.py`` write them (``Woven_001``), or
+    ``class_name`` for a one-class set. A raw folder that is itself one class (holds
+    ``test/``) becomes a class named after the folder. Classes without ``ground_truth/``
+    are image-level only.
     """
-    class_dirs = [raw] if (raw / "test").is_dir() else [d for d in sorted(raw.iterdir()) if (d / "test").is_dir()]
+    class_dirs = split_class_dirs(raw)
     if not class_dirs:
         raise DatasetError(f"unknown layout: no <class>/test/ folder in {raw}.")
     for class_dir in class_dirs:
-        class_name = class_dir.name
+        name = class_name or class_dir.name
         for split in SPLITS:
             for image in image_files(class_dir / split / NORMAL):
-                out.normal(image, class_name, image.name, split)
+                out.normal(image, name, image.name, split)
         gt = class_dir / "ground_truth"
         defects = [d for d in subfolders(class_dir / "test") if d.name != NORMAL]
         for defect_dir in defects:
             masks = {**images_by_stem(gt / defect_dir.name), **images_by_stem(gt / defect_dir.name, "_mask")}
             for image in image_files(defect_dir):
                 mask = mask_of(image, masks) if gt.is_dir() else None
-                out.anomalous(image, class_name, defect_dir.name, image.name, mask)
+                out.anomalous(image, name, defect_dir.name, image.name, mask)
 
 
 def visa(raw: Path, out: LayoutWriter) -> None:
@@ -229,6 +239,22 @@ def dagm(raw: Path, out: LayoutWriter) -> None:
                     out.anomalous(image, class_dir.name, "defect", image.name, labels[image.stem])
 
 
+def split_tree_or(raw: Path, out: LayoutWriter, convert: Callable[[Path, LayoutWriter], None],
+                  class_name: str) -> None:
+    """A one-class set whose official raw form may come already split: ``convert(raw, out)`` on the
+    original download, :func:`mvtec_like` (class ``class_name``) on a ``<class>/test/<good|defect>/``
+    tree.
+
+    The copies the AnomalyCLIP README links are such trees, read as they are by the official
+    scripts: HeadCT's Google Drive archive is ``brain/test/{good,<defect>}/NNN.png`` (``head_ct.py``),
+    the SDD folder ``electrical_commutators/{train,test,ground_truth}/`` (``SDD.py``).
+    """
+    if split_class_dirs(raw):
+        mvtec_like(raw, out, class_name=class_name)
+    else:
+        convert(raw, out)
+
+
 # ---------------------------------------------------------------- segmentation-only sets
 
 
@@ -289,8 +315,8 @@ def normal_and_other_folders(raw: Path, out: LayoutWriter, normal: str, class_na
     Every subfolder of ``raw/<base>`` (or of ``raw`` when it has no ``base``) except
     ``normal`` is anomalous, its name the defect: ``brainmri.py`` (base
     ``brain_tumor_dataset``, normal ``no``), ``br35.py`` (normal ``no``: ``yes`` and
-    ``pred`` are anomalous), ``covid.py`` (normal ``NORMAL``). Folder names are matched
-    case-insensitively. Images may sit in an ``images/`` subfolder (COVID-19 Radiography
+    ``pred`` are anomalous), ``covid.py`` (normal ``NORMAL``, via :func:`covid19`). Folder names are
+    matched case-insensitively. Images may sit in an ``images/`` subfolder (COVID-19 Radiography
     Database style; its ``masks/`` are lung masks, not lesions, and are ignored).
     """
     root = raw / base if base and (raw / base).is_dir() else raw
@@ -303,6 +329,34 @@ def normal_and_other_folders(raw: Path, out: LayoutWriter, normal: str, class_na
                 out.normal(image, class_name, image.name)
             else:
                 out.anomalous(image, class_name, folder.name, image.name)
+
+
+KAGGLE_COVID = "COVID-19_Radiography_Dataset"  # the folder of the later Kaggle releases
+
+
+def covid19(raw: Path, out: LayoutWriter) -> None:
+    """COVID-19 Radiography Database as AnomalyCLIP ``generate_dataset_json/covid.py`` reads it: class ``chest``.
+
+    The official layout is flat, ``<root>/<specie>/<image>``, and every folder except ``NORMAL``
+    is anomalous (the release of the copy on the AnomalyCLIP README's Google Drive link; folders
+    ``COVID-19``, ``NORMAL``, ``Viral Pneumonia``). The current Kaggle archive is a later release,
+    ``COVID-19_Radiography_Dataset/{COVID,Lung_Opacity,Normal,Viral Pneumonia}/{images,masks}``:
+    it is read by the same rule (``Normal`` normal; the ``masks/`` are lung masks, not lesions,
+    and are ignored), with one warning that its test set is not the paper's, giving its counts.
+    """
+    root = raw / KAGGLE_COVID if (raw / KAGGLE_COVID).is_dir() else raw
+    kaggle = any((folder / "images").is_dir() for folder in subfolders(root)) if root.is_dir() else False
+    normal_and_other_folders(root, out, normal="NORMAL", class_name="chest")
+    if kaggle:
+        counts = {f.name: len(image_files(f) or image_files(f / "images")) for f in subfolders(root)}
+        normal = sum(n for name, n in counts.items() if name.lower() == "normal")
+        warnings.warn(
+            f"{root} is a later release of the COVID-19 Radiography Database (Kaggle: COVID, Lung_Opacity, "
+            f"Normal, Viral Pneumonia), not the copy the AnomalyCLIP paper tested: its test set is not the "
+            f"paper's ({normal} normal, {sum(counts.values()) - normal} anomalous: "
+            + ", ".join(f"{name} {n}" for name, n in counts.items()) + "), so its numbers are not comparable "
+            "with the paper's COVID-19 row (see PROTOCOL.md; the paper's copy: the AnomalyCLIP README's "
+            "Google Drive link).", stacklevel=2)
 
 
 def brainmri_inctrl(raw: Path, out: LayoutWriter) -> None:

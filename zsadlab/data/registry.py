@@ -88,9 +88,12 @@ ENTRIES = [
     *[
         DatasetEntry(
             name, title, "industrial", True, "https://www.vicos.si/resources/kolektorsdd/", "CC BY-NC-SA 4.0",
-            "kosNN/PartK.jpg with kosNN/PartK_label.bmp (empty label = normal)",
-            convert=partial(cv.kolektor_sdd, class_name=class_name),
-            manual_steps="Download KolektorSDD.zip from www.vicos.si/resources/kolektorsdd, unzip, point --raw at it.",
+            "kosNN/PartK.jpg with kosNN/PartK_label.bmp (empty label = normal); or the AnomalyCLIP README's "
+            "already split folder <class>/{train,test}/{good,defect}/ with <class>/ground_truth/defect/",
+            convert=partial(cv.split_tree_or, convert=partial(cv.kolektor_sdd, class_name=class_name),
+                            class_name=class_name),
+            manual_steps="Download KolektorSDD.zip from www.vicos.si/resources/kolektorsdd, unzip, point --raw at it "
+            "(or point --raw at the folder holding electrical_commutators/ from the AnomalyCLIP README's Drive link).",
         )
         for name, title, class_name in [
             ("sdd", "KolektorSDD (SDD), AnomalyCLIP protocol", "electrical commutators"),
@@ -160,10 +163,13 @@ ENTRIES = [
     *[
         DatasetEntry(
             name, title, "medical", False, "https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
-            "not stated", "head_ct/[head_ct/]000.png ... 199.png and labels.csv (columns id, hemorrhage)",
-            convert=partial(cv.headct, class_name=class_name),
+            "not stated", "head_ct/[head_ct/]000.png ... 199.png and labels.csv (columns id, hemorrhage); or the "
+            "AnomalyCLIP README's Google Drive archive, already split: brain/test/{good,<defect>}/NNN.png",
+            convert=partial(cv.split_tree_or, convert=partial(cv.headct, class_name=class_name), class_name=class_name),
             manual_steps=KAGGLE_STEPS.format(slug="felipekitamura/head-ct-hemorrhage",
-                                             folder="the folder holding labels.csv"),
+                                             folder="the folder holding labels.csv")
+            + " Or download the HeadCT archive from the AnomalyCLIP README's Google Drive link, unzip it and point "
+            "--raw at the folder holding brain/.",
         )
         for name, title, class_name in [
             ("headct", "HeadCT, AnomalyCLIP protocol", "brain"),
@@ -193,12 +199,16 @@ ENTRIES = [
     ),
     DatasetEntry(
         "covid19", "COVID-19 Radiography", "medical", False,
+        "AnomalyCLIP README -> Google Drive (the paper's copy); later releases on "
         "https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database", "not stated",
-        "NORMAL/[images/]* (any case) is normal; every other folder (COVID, Lung_Opacity, ...) is anomalous",
-        convert=partial(cv.normal_and_other_folders, normal="NORMAL", class_name="chest"),
-        manual_steps=KAGGLE_STEPS.format(
-            slug="tawsifurrahman/covid19-radiography-database", folder="the folder holding COVID/ and Normal/"
-        ),
+        "official: <root>/<specie>/<image> with NORMAL/ normal and every other folder (COVID-19, Viral Pneumonia) "
+        "anomalous; Kaggle: COVID-19_Radiography_Dataset/{COVID,Lung_Opacity,Normal,Viral Pneumonia}/{images,masks} "
+        "(a later release: another test set, with a warning)",
+        convert=cv.covid19,
+        manual_steps="Download COVID-19 from the AnomalyCLIP README's Google Drive link (the paper's copy), unzip, "
+        "point --raw at the folder holding NORMAL/. The Kaggle archive "
+        "(kaggle.com/datasets/tawsifurrahman/covid19-radiography-database) is a later release with another test set; "
+        "point --raw at the folder holding COVID-19_Radiography_Dataset/.",
     ),
     DatasetEntry(
         "elpv", "ELPV (solar cells), InCTRL protocol", "industrial", False,

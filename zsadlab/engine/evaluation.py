@@ -231,28 +231,33 @@ def evaluate(model, dataset: AnomalyDataset | str | os.PathLike, batch_size: int
 # --- few-shot ------------------------------------------------------------------------------------
 
 
-def prompt_set_path(directory: str | Path, dataset: str, class_name: str, shots: int, seed: int) -> Path:
-    """Where the evaluation prompt set of (dataset, class, k, seed) is stored."""
-    return Path(directory) / dataset / f"{class_name}_k{shots}_seed{seed}.json"
+def prompt_set_path(directory: str | Path, dataset: str, class_name: str, shots: int, seed: int,
+                    draw: str = fewshot.WITHOUT_REPLACEMENT) -> Path:
+    """Where the evaluation prompt set of (dataset, class, k, seed, draw rule) is stored; a set drawn
+    with replacement (VAND) gets its own file, so no method ever reads a set drawn by the other rule."""
+    rule = "" if draw == fewshot.WITHOUT_REPLACEMENT else f"_{draw}"
+    return Path(directory) / dataset / f"{class_name}_k{shots}_seed{seed}{rule}.json"
 
 
 def load_or_sample_prompt_set(directory: str | Path, dataset: str, class_name: str, shots: int, seed: int,
-                              normal_paths: Sequence[str]) -> list[str]:
-    """The evaluation prompt paths of (dataset, class, k, seed): read if saved, else sampled
+                              normal_paths: Sequence[str], draw: str = fewshot.WITHOUT_REPLACEMENT) -> list[str]:
+    """The evaluation prompt paths of (dataset, class, k, seed, draw rule): read if saved, else sampled
     (:func:`zsadlab.fewshot.sample_prompt_paths`) and saved as atomic JSON.
 
-    A saved file whose key or number of paths does not match is refused, never replaced.
-    ``normal_paths`` (relative to the dataset root, so the file survives moving the data)
-    are only read when the set does not exist yet.
+    The draw rule is part of the file's identity (its name and its ``"draw"`` field; a file without
+    the field predates the rule and was drawn without replacement). A saved file whose key or number
+    of paths does not match is refused, never replaced. ``normal_paths`` (relative to the dataset
+    root, so the file survives moving the data) are only read when the set does not exist yet.
     """
-    path = prompt_set_path(directory, dataset, class_name, shots, seed)
-    key = {"dataset": dataset, "class_name": class_name, "shots": shots, "seed": seed}
+    path = prompt_set_path(directory, dataset, class_name, shots, seed, draw)
+    key = {"dataset": dataset, "class_name": class_name, "shots": shots, "seed": seed, "draw": draw}
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
+        saved.setdefault("draw", fewshot.WITHOUT_REPLACEMENT)
         if {k: saved.get(k) for k in key} != key or len(saved.get("paths", ())) != shots:
             raise UserError(f"prompt set {path} does not hold {key} with {shots} paths; delete it to resample")
         return list(saved["paths"])
-    paths = fewshot.sample_prompt_paths(normal_paths, shots, seed)
+    paths = fewshot.sample_prompt_paths(normal_paths, shots, seed, draw=draw, class_name=class_name)
     write_json_atomic({**key, "paths": paths}, path)
     return paths
 
@@ -262,12 +267,13 @@ def _stack_images(dataset: AnomalyDataset, indices) -> torch.Tensor:
 
 
 def fewshot_prompts(support: AnomalyDataset, class_name: str, shots: int, seed: int,
-                    prompt_dir: str | Path, dataset_name: str) -> tuple[torch.Tensor, list[Path]]:
+                    prompt_dir: str | Path, dataset_name: str,
+                    draw: str = fewshot.WITHOUT_REPLACEMENT) -> tuple[torch.Tensor, list[Path]]:
     """Normal prompt images ``[K, 3, S, S]`` of a class and their paths, from the saved prompt set of
-    (dataset, class, k, seed) (sampled from ``support``'s normal images of the class the first time)."""
+    (dataset, class, k, seed, draw rule) (sampled from ``support``'s normal images of the class the first time)."""
     by_path = {str(s.path.relative_to(support.root)): i for i, s in enumerate(support.samples)
                if s.class_name == class_name and s.label == 0}
-    paths = load_or_sample_prompt_set(prompt_dir, dataset_name, class_name, shots, seed, sorted(by_path))
+    paths = load_or_sample_prompt_set(prompt_dir, dataset_name, class_name, shots, seed, sorted(by_path), draw)
     missing = [p for p in paths if p not in by_path]
     if missing:
         raise UserError(f"prompt set for {dataset_name}/{class_name} names images not in {support.root}: "
@@ -297,7 +303,8 @@ def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset | N
     """Few-shot table: per class, each image metric as the mean (and ``<name>_std``) over prompt seeds.
 
     For each (class, seed) one set of ``shots`` normal images is drawn from ``support`` (the
-    class's normal training images), saved under ``prompt_dir`` and reused by later runs, and
+    class's normal training images) by the method's draw rule (its predictor's ``draw``: VAND with
+    replacement, the others without), saved under ``prompt_dir`` and reused by later runs, and
     shared by every test query of the class - the official test protocol (fixtures/inctrl §3.10-11).
     Datasets without a training split (``support=None``) lend the prompts from their own normal test
     images, which are then left out of the evaluated queries. A method with ``class_scores`` (VAND
@@ -317,7 +324,8 @@ def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset | N
             continue
         per_seed = []
         for seed in seeds:
-            prompts, paths = fewshot_prompts(support or dataset, class_name, shots, seed, prompt_dir, dataset_name)
+            prompts, paths = fewshot_prompts(support or dataset, class_name, shots, seed, prompt_dir, dataset_name,
+                                             getattr(spec.with_prompts, "draw", fewshot.WITHOUT_REPLACEMENT))
             queries = dataset.subset(class_name).excluding(paths if support is None else [])
             predictor = spec.with_prompts(model, {class_name: prompts})
             pred = class_scored(spec, predict_dataset(predictor, queries, batch_size, progress=False, amp=amp))
