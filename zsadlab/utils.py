@@ -20,6 +20,7 @@ import contextlib
 import errno
 import io
 import json
+import math
 import os
 import pickle
 import random
@@ -48,6 +49,12 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.cuda.manual_seed_all(seed)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
+
+
+def square_side(count) -> int:
+    """The side of a square grid of ``count`` cells (e.g. patch tokens), rounded down; a plain int
+    also while torch traces a graph for ONNX, where sizes are tensors (constants of the export)."""
+    return math.isqrt(int(count))
 
 
 def pick_device(preferred: str | None = None) -> torch.device:

@@ -149,8 +149,10 @@ def _draw_mask_contour(ax: plt.Axes, mask, colour: str = "white") -> None:
 # ----------------------------------------------------------------------------- maps
 def plot_overlay(image, anomaly_map, mask=None, title: str = "Anomaly map", alpha: float = 0.5,
                  vmin: float | None = None, vmax: float | None = None, score: float | None = None,
-                 mean=OPENAI_MEAN, std=OPENAI_STD, cbar_label: str = "anomaly score") -> plt.Figure:
-    """Image | anomaly map over the image (+ ground-truth contour in white), with a colourbar."""
+                 mean=OPENAI_MEAN, std=OPENAI_STD, cbar_label: str = "anomaly score",
+                 threshold: float | None = None) -> plt.Figure:
+    """Image | anomaly map over the image (+ ground-truth contour in white), with a colourbar; with a
+    pixel ``threshold``, the region above it outlined in cyan and marked on the colourbar."""
     rgb, amap = to_rgb(image, mean, std), to_numpy(anomaly_map)
     vmin, vmax = _map_limits([amap], vmin, vmax)
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.6), constrained_layout=True)
@@ -160,8 +162,12 @@ def plot_overlay(image, anomaly_map, mask=None, title: str = "Anomaly map", alph
     axes[1].imshow(rgb)
     im = axes[1].imshow(amap, cmap=MAP_CMAP, alpha=alpha, vmin=vmin, vmax=vmax)
     _draw_mask_contour(axes[1], mask)
-    _image_axes(axes[1], "overlay" + (f" - image score {score:.2f}" if score is not None else ""))
-    fig.colorbar(im, ax=axes[1], fraction=0.046, label=cbar_label)
+    _image_axes(axes[1], "overlay" + (f" - image score {score:.2f}" if score is not None else "")
+                + (" (cyan: above the pixel threshold)" if threshold is not None else ""))
+    bar = fig.colorbar(im, ax=axes[1], fraction=0.046, label=cbar_label)
+    if threshold is not None:
+        _draw_mask_contour(axes[1], amap > threshold, "cyan")
+        bar.ax.axhline(threshold, color="cyan", linewidth=2)
     fig.suptitle(title)
     return fig
 

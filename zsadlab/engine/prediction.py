@@ -5,6 +5,11 @@ One run's outputs are complete and consistent: every input has one row in ``scor
 (``status`` ``skipped: <reason>``, empty score) while the others are scored; inputs that share a
 name (``a/x.png``, ``b/x.png``, ``a/x.jpg``) get distinct overlay files; the overlays are written
 first, then ``scores.csv`` atomically (replacing an earlier run's), by the ``csv`` module.
+
+With a calibration (:class:`zsadlab.calibration.Calibration`) two columns are added, ``anomalous``
+(``true``/``false``: score above the image threshold; empty on skipped rows) and ``threshold``,
+scores and thresholds written at full precision (``repr``) so the CSV itself shows each decision;
+each overlay outlines the pixels above the pixel threshold.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from ..utils import check_writable, write_text_atomic
 from .building import device_of, input_normalisation, method_of
 
 SCORE_COLUMNS = ("path", "score", "overlay", "status")
+DECISION_COLUMNS = ("anomalous", "threshold")
 
 
 def user_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -85,22 +91,31 @@ def predictor_for(model, class_name: str, prompts: Sequence[str | Path] | None):
     return spec.with_prompts(model, {class_name: torch.stack([model_input(model, p) for p in user_images(prompts)])})
 
 
-def scores_csv(rows: Sequence[dict]) -> str:
+def scores_csv(rows: Sequence[dict], columns: Sequence[str] = SCORE_COLUMNS) -> str:
     """``scores.csv``'s text: a header and one row per input (any file name round-trips through ``csv``)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SCORE_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", restval="")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
 
 
+def decision_columns(score: float, calibration) -> dict:
+    """The ``anomalous`` and ``threshold`` cells of a scored row, and its score at full precision."""
+    return {"score": repr(score), "anomalous": str(calibration.decision(score)).lower(),
+            "threshold": repr(calibration.image_threshold)}
+
+
 def predict_images(model, inputs: Sequence[str | Path], out_dir: str | Path, class_name: str = "object",
-                   prompts: Sequence[str | Path] | None = None) -> dict:
+                   prompts: Sequence[str | Path] | None = None, calibration=None) -> dict:
     """Score the user's own images: ``scores.csv`` (path, score, overlay, status) and one overlay PNG per
     image in ``out_dir`` (none for a model without maps). Few-shot methods need ``prompts``: normal
     images (files or a folder) of the same kind of object. An unreadable image is skipped, with its
-    reason in its row. Returns ``{"csv", "overlays", "skipped"}``."""
+    reason in its row. ``calibration`` (a :class:`zsadlab.calibration.Calibration` of this model,
+    class and prompts, else refused) adds the decision columns. Returns ``{"csv", "overlays", "skipped"}``."""
     paths = user_images(inputs)
+    if calibration is not None:
+        calibration.check_model(model, class_name, prompts)
     out_dir = check_writable(Path(out_dir).resolve())  # relative to the caller's working directory
     predictor = predictor_for(model, class_name, prompts).eval()
     device = device_of(model)
@@ -113,13 +128,16 @@ def predict_images(model, inputs: Sequence[str | Path], out_dir: str | Path, cla
             continue
         score, amap = predictor.predict(image[None].to(device), [class_name])
         if amap is not None:
-            fig = viz.plot_overlay(image, amap[0].cpu(), title=path.name, score=float(score[0]))
+            fig = viz.plot_overlay(image, amap[0].cpu(), title=path.name, score=float(score[0]),
+                                   threshold=getattr(calibration, "pixel_threshold", None))
             overlays.append(viz.save_figure(fig, out_dir, overlay))
             viz.plt.close(fig)
         rows.append({"path": str(path), "score": f"{float(score[0]):.6f}",
-                     "overlay": overlay if amap is not None else "", "status": "ok"})
+                     "overlay": overlay if amap is not None else "", "status": "ok",
+                     **(decision_columns(float(score[0]), calibration) if calibration is not None else {})})
     skipped = [row["path"] for row in rows if row["status"] != "ok"]
     if len(skipped) == len(rows):
         raise InputError(f"none of the {len(rows)} images could be read; first: {rows[0]['status']}")
-    csv_path = write_text_atomic(scores_csv(rows), out_dir / "scores.csv")
+    columns = SCORE_COLUMNS + (DECISION_COLUMNS if calibration is not None else ())
+    csv_path = write_text_atomic(scores_csv(rows, columns), out_dir / "scores.csv")
     return {"csv": csv_path, "overlays": overlays, "skipped": skipped}
