@@ -88,17 +88,21 @@ def conformal_threshold(scores, alpha) -> float:
     if values.size == 0 or not np.isfinite(values).all():
         raise InputError(f"conformal_threshold needs finite scores of normal images, got {values.size} "
                          f"({int((~np.isfinite(values)).sum())} not finite)")
-    rank = conformal_rank(values.size, alpha)
-    return float(np.partition(values, rank - 1)[rank - 1])
+    return float(conformal_thresholds(values[None], alpha)[0])
+
+
+def conformal_thresholds(calibration, alpha) -> np.ndarray:
+    """:func:`conformal_threshold` of each row of ``calibration`` ``[R, n]`` -> ``[R]`` (vectorised)."""
+    calibration = np.asarray(calibration, np.float64)
+    rank = conformal_rank(calibration.shape[1], alpha)
+    return np.partition(calibration, rank - 1, axis=1)[:, rank - 1]
 
 
 def false_alarm_rates(calibration, evaluation, alpha) -> np.ndarray:
     """Observed false-alarm rate of the conformal threshold per split: ``calibration`` ``[R, n]`` and
     ``evaluation`` ``[R, m]`` normal scores of ``R`` random splits -> ``[R]`` (vectorised)."""
-    calibration, evaluation = np.asarray(calibration, np.float64), np.asarray(evaluation, np.float64)
-    rank = conformal_rank(calibration.shape[1], alpha)
-    thresholds = np.partition(calibration, rank - 1, axis=1)[:, rank - 1]  # [R]
-    return (evaluation > thresholds[:, None]).mean(axis=1)
+    thresholds = conformal_thresholds(calibration, alpha)  # [R]
+    return (np.asarray(evaluation, np.float64) > thresholds[:, None]).mean(axis=1)
 
 
 def random_splits(scores, n: int, repeats: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -110,6 +114,37 @@ def random_splits(scores, n: int, repeats: int, seed: int = 0) -> tuple[np.ndarr
     order = np.argsort(np.random.default_rng(seed).random((repeats, scores.size)), axis=1)  # [R, N]
     shuffled = scores[order]
     return shuffled[:, :n], shuffled[:, n:]
+
+
+def decision_rates(threshold: float, scores, labels) -> dict[str, float]:
+    """``{"false-alarm rate", "miss rate"}`` of the rule "anomalous when score > threshold" on labelled
+    ``scores`` ``[N]`` (``labels`` 1 = anomalous); NaN where a kind of image is absent."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    flagged = scores > threshold
+    rate = lambda values: float(values.mean()) if values.size else float("nan")  # noqa: E731
+    return {"false-alarm rate": rate(flagged[~labels]), "miss rate": rate(~flagged[labels])}
+
+
+def coverage(normal_scores, anomalous_scores, n: int, alphas: Sequence[float], repeats: int = 2000,
+             seed: int = 0) -> dict[str, np.ndarray]:
+    """The calibration experiment: over ``repeats`` random splits of ``normal_scores`` into ``n`` calibration
+    and the rest for evaluation, per ``alpha``: the mean observed false-alarm rate of the conformal threshold
+    (and its standard error) and of the plain ``1 - alpha`` quantile of the same ``n`` scores, and the mean
+    miss rate each threshold gives on ``anomalous_scores``. Returns arrays ``[A]`` keyed by name."""
+    calibration, evaluation = random_splits(normal_scores, n, repeats, seed)  # [R, n], [R, N - n]
+    anomalous = np.asarray(anomalous_scores, np.float64).ravel()  # [M]
+    rows = []
+    for alpha in alphas:
+        rules = {"conformal": conformal_thresholds(calibration, alpha),  # [R]
+                 "quantile": np.quantile(calibration, 1 - float(alpha), axis=1)}
+        row = {}
+        for rule, thresholds in rules.items():
+            alarms = (evaluation > thresholds[:, None]).mean(axis=1)  # [R]
+            row[f"{rule} false alarms"] = alarms.mean()
+            row[f"{rule} false alarms se"] = alarms.std(ddof=1) / np.sqrt(repeats)
+            row[f"{rule} misses"] = (anomalous[None] <= thresholds[:, None]).mean() if anomalous.size else np.nan
+        rows.append(row)
+    return {"alpha": np.asarray(alphas, np.float64), **{key: np.array([r[key] for r in rows]) for key in rows[0]}}
 
 
 def config_record(model) -> dict:

@@ -410,6 +410,28 @@ def plot_thresholds(scores, labels, thresholds: Mapping[str, float], title: str 
     return fig
 
 
+def plot_coverage(curve: Mapping[str, np.ndarray], n: int, repeats: int,
+                  title: str = "False alarms of calibrated thresholds") -> plt.Figure:
+    """Observed false-alarm rate vs the requested alpha (left: conformal +- 3 standard errors and the plain
+    quantile, with the guarantee line y = alpha) and the miss rate each threshold costs (right), from
+    :func:`zsadlab.calibration.coverage`."""
+    alpha = np.asarray(curve["alpha"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.8), constrained_layout=True)
+    left.plot(alpha, alpha, c="black", ls="--", label="guarantee: false alarms <= alpha")
+    left.errorbar(alpha, curve["conformal false alarms"], yerr=3 * np.asarray(curve["conformal false alarms se"]),
+                  marker="o", capsize=3, label="conformal threshold (+- 3 SE)")
+    left.plot(alpha, curve["quantile false alarms"], marker="s", label="plain (1 - alpha) quantile")
+    left.set(title=f"{title}\n{n} normal images, {repeats} random splits", xlabel="alpha (requested rate)",
+             ylabel="observed false-alarm rate")
+    left.legend(fontsize=7)
+    right.plot(alpha, curve["conformal misses"], marker="o", label="conformal threshold")
+    right.plot(alpha, curve["quantile misses"], marker="s", label="plain (1 - alpha) quantile")
+    right.set(title="What each threshold costs: missed anomalies", xlabel="alpha (requested rate)",
+              ylabel="miss rate on anomalous images", ylim=(-0.02, 1.02))
+    right.legend(fontsize=7)
+    return fig
+
+
 def plot_score_histogram(scores, labels, title: str = "Image scores", xlabel: str = "anomaly score") -> plt.Figure:
     """Histogram of image scores of normal vs anomalous images."""
     scores, labels = to_numpy(scores).ravel(), to_numpy(labels).ravel()
