@@ -10,6 +10,7 @@ Layers (lowest first; a module imports only from layers below it, see ARCHITECTU
     methods                                     the registry: Method records (build, learns, recipe, checkpoints)
     engine/ building, training, evaluation, prediction
                                                 one trainer (DDP under torchrun), result tables, user images
+    calibration, export                         thresholds from normal images (conformal); ONNX graphs
     cli (python -m zsadlab), notebooks
 """
 __version__ = "0.1.0"

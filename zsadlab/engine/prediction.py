@@ -106,6 +106,14 @@ def decision_columns(score: float, calibration) -> dict:
             "threshold": repr(calibration.image_threshold)}
 
 
+def overlay_title(path: Path, score: float, calibration) -> str:
+    """The file name, and with a calibration the decision and its image threshold."""
+    if calibration is None:
+        return path.name
+    verdict = "anomalous" if calibration.decision(score) else "normal"
+    return f"{path.name}: {verdict} (image threshold {calibration.image_threshold:.3g}, α = {calibration.alpha:g})"
+
+
 def predict_images(model, inputs: Sequence[str | Path], out_dir: str | Path, class_name: str = "object",
                    prompts: Sequence[str | Path] | None = None, calibration=None) -> dict:
     """Score the user's own images: ``scores.csv`` (path, score, overlay, status) and one overlay PNG per
@@ -128,7 +136,8 @@ def predict_images(model, inputs: Sequence[str | Path], out_dir: str | Path, cla
             continue
         score, amap = predictor.predict(image[None].to(device), [class_name])
         if amap is not None:
-            fig = viz.plot_overlay(image, amap[0].cpu(), title=path.name, score=float(score[0]),
+            fig = viz.plot_overlay(image, amap[0].cpu(), title=overlay_title(path, float(score[0]), calibration),
+                                   score=float(score[0]),
                                    threshold=getattr(calibration, "pixel_threshold", None))
             overlays.append(viz.save_figure(fig, out_dir, overlay))
             viz.plt.close(fig)
