@@ -44,7 +44,7 @@ test-cpus: $(STAMP)
 	$(PY) tests/cpu_matrix.py
 # The full profile's backbones from random real-size weight files (minutes, several GB of memory).
 test-fullsize: $(STAMP)
-	ZSADLAB_FULLSIZE=1 $(PY) -m pytest -q -p no:nbval -m fullsize tests/test_fullsize.py
+	ZSADLAB_FULLSIZE=1 $(PY) -m pytest -q -m fullsize tests/test_fullsize.py
 
 notebooks: $(STAMP)
 	$(PY) -m zsadlab.run_notebooks --profile $(PROFILE) --out build/notebooks --figures figures $(NOTEBOOKS)
