@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_anomalyclip.py
 	$(PY) benchmarks/bench_inctrl.py
+	$(PY) benchmarks/bench_export.py --threads 1
 
 clean:
 	rm -rf build figures/*/ .pytest_cache

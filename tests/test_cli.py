@@ -363,3 +363,40 @@ def test_inctrl_trained_on_one_label_data_is_one_line_and_leaves_no_run_folder(n
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no anomalous ones" in errors[0] and "normals" in errors[0]
     assert not run.exists()
+def test_calibrate_then_predict_adds_decisions_and_refuses_another_checkpoints_calibration(tmp_path, write_image,
+                                                                                           capsys):
+    from zsadlab.anomalyclip import save_official_checkpoint
+
+    for i in range(4):
+        write_image(tmp_path / "normals" / f"n{i}.png", size=(40, 40))
+    model = engine.build_model("anomalyclip", get_profile("smoke", quiet=True), device="cpu")
+    save_official_checkpoint(model, tmp_path / "a.pth")
+    with torch.no_grad():
+        model.prompt_learner.ctx_pos.add_(0.1)
+    save_official_checkpoint(model, tmp_path / "b.pth")
+    common = ["--profile", "smoke", "--checkpoint", str(tmp_path / "a.pth")]
+    assert cli.main(["calibrate", *common, "--normals", str(tmp_path / "normals"), "--alpha", "0.01",
+                     "--out", str(tmp_path / "cal.json")]) == 2
+    assert "4 normal images allow α ≥ 1/(n+1)" in capsys.readouterr().err
+    assert cli.main(["calibrate", *common, "--normals", str(tmp_path / "normals"), "--alpha", "0.2",
+                     "--out", str(tmp_path / "cal.json")]) == 0
+    assert "image threshold" in capsys.readouterr().out
+    out = tmp_path / "preds"
+    assert cli.main(["predict", *common, str(tmp_path / "normals"), "--out", str(out),
+                     "--calibration", str(tmp_path / "cal.json")]) == 0
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert all(r["anomalous"] == str(float(r["score"]) > float(r["threshold"])).lower() for r in rows)
+    assert cli.main(["predict", "--profile", "smoke", "--checkpoint", str(tmp_path / "b.pth"),
+                     str(tmp_path / "normals"), "--out", str(tmp_path / "other"),
+                     "--calibration", str(tmp_path / "cal.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cal.json was made with another checkpoint" in err and "\n" not in err
+
+
+def test_calibrate_refuses_a_test_set_normalised_method_in_one_line(tmp_path, write_image, capsys):
+    write_image(tmp_path / "normals" / "n.png")
+    assert cli.main(["calibrate", "--method", "vand_fewshot", "--profile", "smoke", "--prompts",
+                     str(tmp_path / "normals"), "--normals", str(tmp_path / "normals"), "--alpha", "0.5",
+                     "--out", str(tmp_path / "cal.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot calibrate vand_fewshot") and "normalised" in err and "\n" not in err

@@ -5,7 +5,8 @@ norms, the layout of OpenAI's ``ViT-L-14-336px.pt``) and for ViT-B-16-plus-240 a
 ``torch.save`` state dict (the layout of open_clip's ``laion400m_e32`` file, named by model and
 tag) into a weights folder, builds both through the full profile's backbones (``$ZSADLAB_WEIGHTS_DIR``, the path a
 user's real files take), then runs one AnomalyCLIP prediction and one training step at 518 px,
-loads a prompt learner in the official checkpoint layout, and runs one InCTRL forward at 240 px.
+loads a prompt learner in the official checkpoint layout, runs one InCTRL forward at 240 px, and checks
+that the ONNX export of AnomalyCLIP at 518 px gives the torch outputs within 1e-4.
 
 About a minute and 4.4 GB of memory: ``make test`` runs it (``make test-fullsize`` runs only it,
 ``ZSADLAB_FULLSIZE=1 python -m pytest -q -m fullsize tests/test_fullsize.py``).
@@ -129,3 +130,21 @@ def test_inctrl_at_full_size_runs_a_forward_pass(full_weights):
         out = model(torch.randn(1, 3, size, size), torch.randn(2, 3, size, size), "object")
     assert out.final_score.shape == (1,) and out.patch_map.shape == (1, (size // 16) ** 2)
     assert out.final_score.dtype == torch.float32 and bool(torch.isfinite(out.final_score).all())
+
+
+def test_the_onnx_export_of_anomalyclip_at_full_size_matches_torch_within_1e_4(full_weights, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from zsadlab import engine
+    from zsadlab.export import export_onnx
+
+    model = engine.build_model("anomalyclip", FULL, device="cpu")
+    path = export_onnx(model, tmp_path / "anomalyclip.onnx")
+    size = FULL.anomalyclip_image_size
+    torch.manual_seed(0)
+    images = torch.randn(1, 3, size, size)
+    scores, maps = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        ["scores", "maps"], {"images": images.numpy()})
+    expected_scores, expected_maps = model.predict(images)
+    assert maps.shape == (1, size, size)
+    assert abs(scores - expected_scores.numpy()).max() <= 1e-4
+    assert abs(maps - expected_maps.numpy()).max() <= 1e-4

@@ -15,6 +15,7 @@ sibling method and never upward:
     engine/ building, training, evaluation, prediction, cache
                                                 one trainer for every learning method (DDP under torchrun),
                                                 result tables, the user's images, the run cache
+    calibration, export                         thresholds from normal images (conformal); ONNX graphs
     cli (python -m zsadlab), notebook, notebooks/
 
 The line below is the one place that imports the built-in methods, so that

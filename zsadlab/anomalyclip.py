@@ -169,14 +169,15 @@ class AnomalyCLIP(nn.Module):
     def text_features(self, class_names: str | Sequence[str] | None = None) -> torch.Tensor:
         """``[2, D]`` L2-normalised [normal, anomalous] features, or ``[B, 2, D]`` for a list of
         class names when the prompts depend on the class (object-aware / ensemble)."""
-        if isinstance(class_names, str) or class_names is None or self._class_independent:
+        if isinstance(class_names, str) or class_names is None or self.class_independent:
             name = class_names if isinstance(class_names, str) else (class_names[0] if class_names else None)
             return self._text_for(name)
         unique = {name: self._text_for(name) for name in dict.fromkeys(class_names)}
         return torch.stack([unique[name] for name in class_names])  # [B, 2, D]
 
     @property
-    def _class_independent(self) -> bool:
+    def class_independent(self) -> bool:
+        """Are the text features the same for every class (learned object-agnostic prompts)?"""
         return self.config.text_source == "learned" and self.config.object_agnostic
 
     def _text_for(self, class_name: str | None) -> torch.Tensor:
@@ -186,7 +187,7 @@ class AnomalyCLIP(nn.Module):
                 # kept fp32 even when first computed under autocast (a later fp32 call can use it)
                 self._ensemble_cache[name] = ensemble_text_features(self.clip, name).float()
             return self._ensemble_cache[name].to(self.clip.visual.proj.device)
-        name = None if self._class_independent else class_name
+        name = None if self.class_independent else class_name
         if torch.is_grad_enabled():  # training: a fresh, differentiable forward
             return self.prompt_learner.text_features(self.clip, name)
         # Inference: the prompts only change when a parameter is written in place (optimizer step,
@@ -212,8 +213,14 @@ class AnomalyCLIP(nn.Module):
         Unlike the official ``test.py`` (which returns image 0's score for every image of a
         batch), every image gets its own score at any batch size.
         """
+        return self.predict_with_text(x, self.text_features(class_names), smooth)
+
+    @torch.no_grad()
+    def predict_with_text(self, x: torch.Tensor, text: torch.Tensor,
+                          smooth: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`predict` with the text features ``[2, D]`` or ``[B, 2, D]`` already computed: the
+        image path alone (what :mod:`zsadlab.export` puts in an ONNX graph, the text as constants)."""
         g, patches = self.encode_image(x)
-        text = self.text_features(class_names)
         maps = anomaly_map([layer_anomaly_map(m) for m in self.layer_similarity_maps(patches, text)])
         scores = image_scores(g, text, self.config.temperature)
         return scores, gaussian_smooth(maps, self.config.sigma) if smooth else maps

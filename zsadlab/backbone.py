@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, build_model_from_openai_state_dict
 
-from .utils import is_torchscript_archive, load_torch_file, load_torchscript_tensors, pick_device
+from .utils import is_torchscript_archive, load_torch_file, load_torchscript_tensors, pick_device, square_side
 
 WEIGHTS_ENV = "ZSADLAB_CLIP_WEIGHTS"  # one file for WEIGHTS_ENV_MODEL only (kept from earlier versions)
 WEIGHTS_ENV_MODEL = "ViT-L-14-336"
@@ -496,7 +496,7 @@ def resized_positional_embedding(visual: torch.nn.Module, grid: int) -> torch.Te
     parameter is never overwritten, so every call starts from the native table.
     """
     table = visual.positional_embedding  # [1 + n*n, W]
-    native = int(round((table.shape[0] - 1) ** 0.5))
+    native = square_side(table.shape[0] - 1)
     if native == grid:
         return table
     cls, patches = table[:1], table[1:]

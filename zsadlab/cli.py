@@ -1,4 +1,4 @@
-"""The ``zsadlab`` command line: ``zsadlab data|train|test|predict|pull [options]``.
+"""The ``zsadlab`` command line: ``zsadlab data|train|test|predict|calibrate|export|pull [options]``.
 
 Each command is one builder function in ``COMMANDS`` that adds its sub-parser and
 sets ``func``; methods come from the registry (:mod:`zsadlab.methods`), never by name.
@@ -21,11 +21,12 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from . import engine, pretrained
+from . import calibration, engine, pretrained
 from .backbone import WeightsUnavailableError
 from .data import ensure_dataset, fetch_raw, prepare, registry
 from .engine.prediction import check_outputs, check_prompts, check_set_size, user_images
 from .errors import InputError, UserError
+from .export import export_onnx, is_export, method_refusal
 from .methods import get_method, method_names
 from .profiles import PROFILES, get_profile
 from .utils import DEVICE_ENV, OutputError, check_writable, pick_device
@@ -230,13 +231,62 @@ def _method_predict(args: argparse.Namespace) -> int:
     images = user_images(args.images)  # the inputs and the output folder are checked before the model is built
     check_set_size(get_method(args.method), len(images), " ".join(args.images))
     check_outputs(images, args.out)
+    calibrated = calibration.Calibration.load(args.calibration) if args.calibration else None
     profile, model = _model(args)
     _load_or_warn(model, args)
     written = engine.predict_images(model, args.images, out_dir=args.out, class_name=args.class_name,
-                                    prompts=args.prompts, amp=args.amp)
+                                    prompts=args.prompts, amp=args.amp, calibration=calibrated)
     skipped = f"; {len(written['skipped'])} unreadable image(s) skipped (see its status column)" \
         if written["skipped"] else ""
     print(f"scores in {written['csv']}; {len(written['overlays'])} overlays in {args.out}{skipped}")
+    return 0
+
+
+def _checked_out_file(path: str, what: str, ours: Callable[[Path], bool]) -> Path:
+    """``--out FILE``: its folder writable, and no file there but one this command wrote (``ours``)."""
+    out = Path(path)
+    check_writable(out.parent.resolve())
+    if out.is_dir() or (out.exists() and not ours(out)):
+        raise InputError(f"--out {out} exists and is not {what} written by zsadlab; choose another file name "
+                         "(only such a file is replaced)")
+    return out
+
+
+def _method_calibrate(args: argparse.Namespace) -> int:
+    _refuse_fewshot_options(args, "--prompts")
+    _refuse_unused_checkpoint(args)
+    spec = get_method(args.method)
+    reason = calibration.refusal(spec)
+    if reason:
+        raise InputError(f"cannot calibrate {spec.name}: {reason}")
+    check_prompts(spec, args.prompts)
+    calibration.conformal_rank(len(user_images(args.normals)), args.alpha)  # before the model is built
+    out = _checked_out_file(args.out, "a calibration", calibration.Calibration.is_calibration)
+    profile, model = _model(args)
+    _load_or_warn(model, args)
+    record = calibration.calibrate(model, args.normals, alpha=args.alpha, class_name=args.class_name,
+                                   prompts=args.prompts)
+    record.save(out)
+    pixel = f", pixel threshold {record.pixel_threshold!r} (per-pixel false-positive rate {record.pixel_fpr:.2e} " \
+        "on the calibration maps)" if record.pixel_threshold is not None else ""
+    print(f"{record.n} normal images, α = {record.alpha}: image threshold {record.image_threshold!r}{pixel}; "
+          f"saved {out}")
+    return 0
+
+
+def _method_export(args: argparse.Namespace) -> int:
+    reason = method_refusal(get_method(args.method))
+    if reason:
+        raise InputError(f"cannot export {args.method}: {reason}")
+    _refuse_unused_checkpoint(args)
+    out = _checked_out_file(args.out, "an ONNX export", is_export)
+    calibrated = calibration.Calibration.load(args.calibration) if args.calibration else None
+    profile, model = _model(args)
+    _load_or_warn(model, args)
+    names = [n.strip() for n in args.class_names.split(",") if n.strip()] if args.class_names else None
+    export_onnx(model, out, class_names=names, calibration=calibrated)
+    print(f"exported {args.method} to {out} (input images [B, 3, {model.config.image_size}, "
+          f"{model.config.image_size}]{', class_index [B]' if names else ''}; outputs scores [B], maps [B, S, S])")
     return 0
 
 
@@ -288,7 +338,43 @@ def add_predict_command(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--prompts", action="append", metavar="PATH",
                          help="few-shot methods: normal reference images, a file or a folder (repeatable)")
     predict.add_argument("--out", default="predictions")
+    predict.add_argument("--calibration", metavar="FILE",
+                         help="a `zsadlab calibrate` file: adds the columns anomalous and threshold to scores.csv")
     predict.set_defaults(func=_method_predict)
+
+
+def _alpha(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"α is a false-alarm rate between 0 and 1, got {text}")
+    return value
+
+
+def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
+    """``zsadlab calibrate``: thresholds from normal images with a guaranteed false-alarm rate."""
+    cal = commands.add_parser("calibrate", help="thresholds from normal images: false alarms <= alpha (conformal)")
+    _add_common(cal)
+    cal.add_argument("--checkpoint")
+    cal.add_argument("--prompts", action="append", metavar="PATH",
+                     help="few-shot methods: normal reference images, a file or a folder (repeatable)")
+    cal.add_argument("--normals", nargs="+", required=True, metavar="PATH",
+                     help="held-out normal images (files or folders), not the reference images")
+    cal.add_argument("--alpha", type=_alpha, default=0.01, help="false-alarm rate (>= 1/(n+1) for n images)")
+    cal.add_argument("--class-name", default=None, help="the class calibrated for (default: 'object')")
+    cal.add_argument("--out", required=True, metavar="FILE", help="the calibration JSON to write")
+    cal.set_defaults(func=_method_calibrate)
+
+
+def add_export_command(commands: argparse._SubParsersAction) -> None:
+    """``zsadlab export``: a zero-shot method's image path as an ONNX graph, text precomputed."""
+    export = commands.add_parser("export", help="export a zero-shot method to ONNX (text side precomputed)")
+    _add_common(export)
+    export.add_argument("--checkpoint")
+    export.add_argument("--format", default="onnx", choices=["onnx"])
+    export.add_argument("--class-names", help="class-aware methods (vand): the classes, comma separated")
+    export.add_argument("--calibration", metavar="FILE", help="a `zsadlab calibrate` file: thresholds as metadata")
+    export.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
+    export.set_defaults(func=_method_export)
 
 
 def add_pull_command(commands: argparse._SubParsersAction) -> None:
@@ -301,7 +387,8 @@ def add_pull_command(commands: argparse._SubParsersAction) -> None:
 
 
 COMMANDS: dict[str, Builder] = {"data": add_data_commands, "train": add_train_command, "test": add_test_command,
-                               "predict": add_predict_command, "pull": add_pull_command}
+                               "predict": add_predict_command, "calibrate": add_calibrate_command,
+                               "export": add_export_command, "pull": add_pull_command}
 
 
 def parser() -> argparse.ArgumentParser:

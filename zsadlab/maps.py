@@ -16,6 +16,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .utils import square_side
+
 TEMPERATURE = 0.07  # hard-coded in the official test.py / train.py; CLIP's logit_scale is not used
 
 
@@ -40,7 +42,7 @@ def patch_probabilities(tokens: torch.Tensor, text: torch.Tensor, temperature: f
 def similarity_maps(probabilities: torch.Tensor, image_size: int) -> torch.Tensor:
     """``[B, 1+g*g, 2]`` token probabilities -> ``[B, 2, S, S]`` maps (CLS dropped, bilinear, align_corners=False)."""
     patches = probabilities[:, 1:]  # [B, g*g, 2]
-    grid = int(round(patches.shape[1] ** 0.5))
+    grid = square_side(patches.shape[1])
     if grid * grid != patches.shape[1]:
         raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid")
     maps = patches.transpose(1, 2).reshape(-1, 2, grid, grid)  # [B, 2, g, g], row-major patches

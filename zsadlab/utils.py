@@ -26,6 +26,7 @@ import errno
 import fcntl
 import io
 import json
+import math
 import os
 import pickle
 import random
@@ -57,6 +58,12 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 DEVICE_ENV = "ZSADLAB_DEVICE"
+
+
+def square_side(count) -> int:
+    """The side of a square grid of ``count`` cells (e.g. patch tokens), rounded down; a plain int
+    also while torch traces a graph for ONNX, where sizes are tensors (constants of the export)."""
+    return math.isqrt(int(count))
 
 
 def pick_device(preferred: str | None = None) -> torch.device:

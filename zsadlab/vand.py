@@ -51,7 +51,7 @@ from .maps import anomaly_map, image_scores, similarity_logits
 from .methods import (Method, Setup, clip_model_builder, learned_state, masked_test_split_recipe, register_method,
                       shuffled_batches)
 from .prompts import ensemble_sentences, mean_text_feature
-from .utils import save_torch_atomic
+from .utils import save_torch_atomic, square_side
 
 LOGIT_SCALE = 100.0  # hard-coded in test.py / train.py; CLIP's logit_scale is not used (fixtures §10.6)
 CHECKPOINT_KEY = "trainable_linearlayer"
@@ -99,7 +99,7 @@ def bicubic_positional_embedding(table: torch.Tensor, grid: int) -> torch.Tensor
     CLS row kept; patch rows laid out row-major on the native grid, resized bicubic with
     ``antialias=True``, ``align_corners=False``, flattened row-major.
     """
-    native = int(round((table.shape[0] - 1) ** 0.5))
+    native = square_side(table.shape[0] - 1)
     patches = table[1:].reshape(1, native, native, -1).permute(0, 3, 1, 2)  # [1, W, n, n]
     patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", antialias=True, align_corners=False)
     return torch.cat([table[:1], patches.permute(0, 2, 3, 1).reshape(grid * grid, -1)])  # [1 + g*g, W]
@@ -109,7 +109,7 @@ def native_image_size(clip) -> int:
     """The square size the positional table of ``clip`` was trained for (grid side x patch)."""
     visual = clip.visual
     patch = visual.patch_size[0] if isinstance(visual.patch_size, tuple) else visual.patch_size
-    return int(round((visual.positional_embedding.shape[0] - 1) ** 0.5)) * patch
+    return square_side(visual.positional_embedding.shape[0] - 1) * patch
 
 
 def official_backbone(clip, image_size: int):
@@ -177,7 +177,7 @@ def upsampled_grid(values: torch.Tensor, image_size: int) -> torch.Tensor:
     :func:`zsadlab.maps.similarity_maps` is AnomalyCLIP's (``align_corners=False``, CLS included).
     """
     batch, patches, channels = values.shape
-    grid = int(round(patches ** 0.5))
+    grid = square_side(patches)
     if grid * grid != patches:
         raise ValueError(f"{patches} patch tokens do not form a square grid")
     values = values.transpose(1, 2).reshape(batch, channels, grid, grid)  # [B, C, g, g], row-major
@@ -222,6 +222,8 @@ class VAND(nn.Module):
     ``config.official_build`` and a non-native ``image_size`` the module runs
     :func:`official_backbone` of it, sharing its weights.
     """
+
+    class_independent = False  # the text is the class's prompt ensemble
 
     def __init__(self, clip, config: VANDConfig = VANDConfig()):
         super().__init__()
@@ -310,11 +312,17 @@ class VAND(nn.Module):
     def predict_with_memory(self, x: torch.Tensor, class_names: str | Sequence[str],
                             memory: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`predict` with the references already encoded by :meth:`reference_memory`."""
+        return self.predict_with_text(x, self.text_features(class_names), memory)
+
+    @torch.no_grad()
+    def predict_with_text(self, x: torch.Tensor, text: torch.Tensor,
+                          memory: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`predict_with_memory` with the text features ``[2, D]`` or ``[B, 2, D]`` already computed:
+        the image path alone (what :mod:`zsadlab.export` puts in an ONNX graph, the text as constants)."""
         cfg = self.config
         blocks = tuple(dict.fromkeys(cfg.features + (cfg.memory_features if memory is not None else ())))
         g, tokens = self.encode_image(x, blocks)
         by_block = dict(zip(blocks, tokens))
-        text = self.text_features(class_names)
         probabilities = self.layer_probabilities([by_block[b] for b in cfg.features], text)
         maps = anomaly_map([p[:, 1] for p in probabilities])  # [B, S, S]
         if memory is not None:

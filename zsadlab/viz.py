@@ -149,8 +149,10 @@ def _draw_mask_contour(ax: plt.Axes, mask, colour: str = "white") -> None:
 # ----------------------------------------------------------------------------- maps
 def plot_overlay(image, anomaly_map, mask=None, title: str = "Anomaly map", alpha: float = 0.5,
                  vmin: float | None = None, vmax: float | None = None, score: float | None = None,
-                 mean=OPENAI_MEAN, std=OPENAI_STD, cbar_label: str = "anomaly score") -> plt.Figure:
-    """Image | anomaly map over the image (+ ground-truth contour in white), with a colourbar."""
+                 mean=OPENAI_MEAN, std=OPENAI_STD, cbar_label: str = "anomaly score",
+                 threshold: float | None = None) -> plt.Figure:
+    """Image | anomaly map over the image (+ ground-truth contour in white), with a colourbar; with a
+    pixel ``threshold``, the region above it outlined in cyan and marked on the colourbar."""
     rgb, amap = to_rgb(image, mean, std), to_numpy(anomaly_map)
     vmin, vmax = _map_limits([amap], vmin, vmax)
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.6), constrained_layout=True)
@@ -160,8 +162,12 @@ def plot_overlay(image, anomaly_map, mask=None, title: str = "Anomaly map", alph
     axes[1].imshow(rgb)
     im = axes[1].imshow(amap, cmap=MAP_CMAP, alpha=alpha, vmin=vmin, vmax=vmax)
     _draw_mask_contour(axes[1], mask)
-    _image_axes(axes[1], "overlay" + (f" - image score {score:.2f}" if score is not None else ""))
-    fig.colorbar(im, ax=axes[1], fraction=0.046, label=cbar_label)
+    _image_axes(axes[1], "overlay" + (f" - image score {score:.2f}" if score is not None else "")
+                + (" (cyan: above the pixel threshold)" if threshold is not None else ""))
+    bar = fig.colorbar(im, ax=axes[1], fraction=0.046, label=cbar_label)
+    if threshold is not None:
+        _draw_mask_contour(axes[1], amap > threshold, "cyan")
+        bar.ax.axhline(threshold, color="cyan", linewidth=2)
     fig.suptitle(title)
     return fig
 
@@ -401,6 +407,28 @@ def plot_thresholds(scores, labels, thresholds: Mapping[str, float], title: str 
     for (name, value), style in zip(thresholds.items(), ("-", "--", "-.", ":")):
         ax.axvline(value, c="black", ls=style, label=f"{name}: {value:.3g}")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return fig
+
+
+def plot_coverage(curve: Mapping[str, np.ndarray], n: int, repeats: int,
+                  title: str = "False alarms of calibrated thresholds") -> plt.Figure:
+    """Observed false-alarm rate vs the requested alpha (left: conformal +- 3 standard errors and the plain
+    quantile, with the guarantee line y = alpha) and the miss rate each threshold costs (right), from
+    :func:`zsadlab.calibration.coverage`."""
+    alpha = np.asarray(curve["alpha"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.8), constrained_layout=True)
+    left.plot(alpha, alpha, c="black", ls="--", label="guarantee: false alarms <= alpha")
+    left.errorbar(alpha, curve["conformal false alarms"], yerr=3 * np.asarray(curve["conformal false alarms se"]),
+                  marker="o", capsize=3, label="conformal threshold (+- 3 SE)")
+    left.plot(alpha, curve["quantile false alarms"], marker="s", label="plain (1 - alpha) quantile")
+    left.set(title=f"{title}\n{n} normal images, {repeats} random splits", xlabel="alpha (requested rate)",
+             ylabel="observed false-alarm rate")
+    left.legend(fontsize=7)
+    right.plot(alpha, curve["conformal misses"], marker="o", label="conformal threshold")
+    right.plot(alpha, curve["quantile misses"], marker="s", label="plain (1 - alpha) quantile")
+    right.set(title="What each threshold costs: missed anomalies", xlabel="alpha (requested rate)",
+              ylabel="miss rate on anomalous images", ylim=(-0.02, 1.02))
+    right.legend(fontsize=7)
     return fig
 
 

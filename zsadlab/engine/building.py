@@ -17,6 +17,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from ..backbone import preprocess_config
 from ..data import AnomalyDataset
+from ..data.download import sha256_of
 from ..methods import Method, get_method, run_precision
 from ..profiles import Profile
 from ..utils import pick_device
@@ -25,7 +26,8 @@ DEFAULT_EVAL_BATCH = 8  # for a model not built by build_model
 
 
 def build_model(method: str, profile: Profile, device=None, seed: int | None = None, **config_changes):
-    """The model of registered ``method`` with its setup for ``profile``, on ``device``, in eval mode.
+    """The model of registered ``method`` with its setup for ``profile``, on ``device``, in eval mode; it
+    remembers its method and profile (``model.method_name``, ``model.profile_name``).
 
     ``seed`` (default: the method's official seed, 111 for AnomalyCLIP) initialises the trainable
     parts, as the official scripts' ``setup_seed`` before building the model.
@@ -33,7 +35,7 @@ def build_model(method: str, profile: Profile, device=None, seed: int | None = N
     spec = get_method(method)
     setup = spec.setup(profile.name)
     model = spec.build(setup, pick_device(device), spec.seed if seed is None else seed, **config_changes)
-    model.method_name = method
+    model.method_name, model.profile_name = method, profile.name
     model.eval_batch_size = setup.eval_batch_size
     return model
 
@@ -112,8 +114,14 @@ def dataset_for(model, root, split: str = "test", classes: Sequence[str] | None 
 
 
 def load_checkpoint(model, path: str | Path):
-    """Load a checkpoint in the official format of the model's method (weights_only, one-line errors)."""
+    """Load a checkpoint in the official format of the model's method (weights_only, one-line errors).
+
+    The model remembers the file's sha256 (``model.checkpoint_sha256``), which a calibration and an
+    export record, so that thresholds are never applied to other weights.
+    """
     spec = method_of(model)
     if spec.load is None:
         raise ValueError(f"{spec.name} learns nothing, so it has no checkpoint to load")
-    return spec.load(model, path)
+    model = spec.load(model, path)
+    model.checkpoint_sha256 = sha256_of(path)
+    return model

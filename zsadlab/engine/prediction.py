@@ -9,6 +9,11 @@ first, then ``scores.csv`` atomically (replacing an earlier run's), by the ``csv
 Nothing the user owns is replaced: the output folder may not hold an input image, and an existing
 file is overwritten only if an earlier ``scores.csv`` of predict in that folder lists it (or is it).
 Predict never reads its own outputs: the overlays listed in a folder's ``scores.csv`` are not inputs.
+
+With a calibration (:class:`zsadlab.calibration.Calibration`) two columns are added, ``anomalous``
+(``true``/``false``: score above the image threshold; empty on skipped rows) and ``threshold``,
+scores and thresholds written at full precision (``repr``) so the CSV itself shows each decision;
+each overlay outlines the pixels above the pixel threshold.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from ..utils import check_writable, write_text_atomic
 from .building import autocast, device_of, input_normalisation, method_of, precision_of, registered_method
 
 SCORE_COLUMNS = ("path", "score", "overlay", "status")
+DECISION_COLUMNS = ("anomalous", "threshold")
 
 
 SCORES_FILE = "scores.csv"
@@ -43,7 +49,7 @@ def earlier_outputs(folder: Path) -> set[str]:
     try:
         with (folder / SCORES_FILE).open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
-            if tuple(reader.fieldnames or ()) != SCORE_COLUMNS:
+            if tuple(reader.fieldnames or ())[:len(SCORE_COLUMNS)] != SCORE_COLUMNS:
                 return set()
             return {SCORES_FILE} | {row["overlay"] for row in reader if row.get("overlay")}
     except (OSError, UnicodeDecodeError, csv.Error):
@@ -127,10 +133,10 @@ def predictor_for(model, class_name: str, prompts: Sequence[str | Path] | None):
     return spec.with_prompts(model, {class_name: torch.stack([model_input(model, p) for p in user_images(prompts)])})
 
 
-def scores_csv(rows: Sequence[dict]) -> str:
+def scores_csv(rows: Sequence[dict], columns: Sequence[str] = SCORE_COLUMNS) -> str:
     """``scores.csv``'s text: a header and one row per input (any file name round-trips through ``csv``)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SCORE_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", restval="")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
@@ -148,16 +154,33 @@ def scored_groups(spec: Method | None, paths: Sequence[Path]) -> list[list[Path]
     return [list(paths)] if spec is not None and spec.transductive else [[path] for path in paths]
 
 
+def decision_columns(score: float, calibration) -> dict:
+    """The ``anomalous`` and ``threshold`` cells of a scored row, and its score at full precision."""
+    return {"score": repr(score), "anomalous": str(calibration.decision(score)).lower(),
+            "threshold": repr(calibration.image_threshold)}
+
+
+def overlay_title(path: Path, score: float, calibration) -> str:
+    """The file name, and with a calibration the decision and its image threshold."""
+    if calibration is None:
+        return path.name
+    verdict = "anomalous" if calibration.decision(score) else "normal"
+    return f"{path.name}: {verdict} (image threshold {calibration.image_threshold:.3g}, α = {calibration.alpha:g})"
+
+
 def predict_images(model, inputs: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | Path,
                    class_name: str = "object", prompts: str | os.PathLike | Sequence[str | Path] | None = None,
-                   amp: bool | None = None) -> dict:
+                   amp: bool | None = None, calibration=None) -> dict:
     """Score the user's own images: ``scores.csv`` (path, score, overlay, status) and one overlay PNG per
     image in ``out_dir`` (none for a model without maps). ``inputs``: image files and folders, or one
     path. Few-shot methods need ``prompts``: normal images (files or a folder) of the same kind of
     object; a transductive method scores the readable images as one set (at least its ``min_images``).
     An unreadable image is skipped, with its reason in its row. At the method's precision (``amp``
-    overrides it on CUDA). Returns ``{"csv", "overlays", "skipped"}``."""
+    overrides it on CUDA). ``calibration`` (a :class:`zsadlab.calibration.Calibration` of this model,
+    class and prompts, else refused) adds the decision columns. Returns ``{"csv", "overlays", "skipped"}``."""
     paths = user_images(inputs)
+    if calibration is not None:
+        calibration.check_model(model, class_name, prompts)
     out_dir = check_outputs(paths, out_dir)
     predictor = predictor_for(model, class_name, prompts).eval()
     spec, device = registered_method(model), device_of(model)
@@ -176,15 +199,18 @@ def predict_images(model, inputs: str | os.PathLike | Sequence[str | os.PathLike
         with torch.no_grad(), autocast(precision, device):
             scores, maps = predictor.predict(torch.stack(list(images.values())).to(device), [class_name] * len(images))
         for i, (path, image) in enumerate(images.items()):
+            score = float(scores[i])
             if maps is not None:
-                fig = viz.plot_overlay(image, maps[i].float().cpu(), title=path.name, score=float(scores[i]))
+                fig = viz.plot_overlay(image, maps[i].float().cpu(), title=overlay_title(path, score, calibration),
+                                       score=score, threshold=getattr(calibration, "pixel_threshold", None))
                 overlays.append(viz.save_figure(fig, out_dir, names[path]))
                 viz.plt.close(fig)
-            rows[path] = {"path": str(path), "score": f"{float(scores[i]):.6f}",
-                          "overlay": names[path] if maps is not None else "", "status": "ok"}
+            rows[path] = {"path": str(path), "score": f"{score:.6f}", "overlay": names[path] if maps is not None else "",
+                          "status": "ok", **(decision_columns(score, calibration) if calibration is not None else {})}
     rows = [rows[path] for path in paths]
     skipped = [row["path"] for row in rows if row["status"] != "ok"]
     if len(skipped) == len(rows):
         raise InputError(f"none of the {len(rows)} images could be read; first: {rows[0]['status']}")
-    csv_path = write_text_atomic(scores_csv(rows), out_dir / SCORES_FILE)
+    columns = SCORE_COLUMNS + (DECISION_COLUMNS if calibration is not None else ())
+    csv_path = write_text_atomic(scores_csv(rows, columns), out_dir / SCORES_FILE)
     return {"csv": csv_path, "overlays": overlays, "skipped": skipped}
