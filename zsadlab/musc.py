@@ -140,12 +140,14 @@ def nearest_patch_distances(queries: torch.Tensor, keys: torch.Tensor) -> torch.
 
     One matrix product for the block, as ``torch.cdist``'s matrix-product path computes distances
     (``|x|^2 + |y|^2 - 2 x.y``, fixtures/musc §10.6), but the minimum is taken over the squared
-    form before the square root, so no second ``[a*P, b*P']`` pass is needed.
+    form before the square root, so no second ``[a*P, b*P']`` pass is needed. Always fp32, also
+    under autocast, as ``cdist`` (an autocast fp32 op) is in the official fp16 runs.
     """
     a, p, c = queries.shape
     b, q = keys.shape[:2]
-    x, y = queries.reshape(a * p, c), keys.reshape(b * q, c)
-    partial = torch.addmm((y * y).sum(-1)[None], x, y.T, alpha=-2.0)  # [a*P, b*P'] = |y|^2 - 2 x.y
+    x, y = queries.reshape(a * p, c).float(), keys.reshape(b * q, c).float()
+    with torch.autocast(x.device.type, enabled=False):
+        partial = torch.addmm((y * y).sum(-1)[None], x, y.T, alpha=-2.0)  # [a*P, b*P'] = |y|^2 - 2 x.y
     nearest = partial.view(a * p, b, q).amin(dim=-1) + (x * x).sum(-1, keepdim=True)  # [a*P, b]
     return nearest.clamp_min_(0).sqrt_().view(a, p, b)
 
@@ -308,6 +310,14 @@ class MuSc(nn.Module):
             maxima[subset] = upsampled.flatten(1).amax(dim=1).numpy()
             maps[torch.as_tensor(subset)] = upsampled.float()
         return rscin(maxima, cls, self.config.k_list), maps
+
+    def predict(self, images: torch.Tensor, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One class's whole unlabeled set ``[N, 3, S, S]`` -> ``(scores [N], maps [N, S, S])``, one subset.
+
+        MuSc is transductive: each score depends on the other images of ``images``.
+        """
+        scores, maps = self.score_set(images)
+        return torch.from_numpy(scores), maps
 
     def score_set(self, images: torch.Tensor, subsets: Sequence[Sequence[int]] | None = None
                   ) -> tuple[np.ndarray, torch.Tensor]:
