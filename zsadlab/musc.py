@@ -135,6 +135,11 @@ def scorable(n: int, topmin_min: float, topmin_max: float) -> bool:
     return k_min < k_max <= n - 1
 
 
+def min_set_size(config: "MuScConfig") -> int:
+    """The fewest images per subset whose MSM interval is not empty (5 at the default 0.3)."""
+    return next(n for n in range(2, 100_000) if scorable(n, config.topmin_min, config.topmin_max))
+
+
 def nearest_patch_distances(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """``[a, P, C]``, ``[b, P', C]`` -> ``[a, P, b]``: each query patch's distance to its nearest patch of each key image.
 
@@ -243,8 +248,8 @@ class MuSc(nn.Module):
 
     @property
     def min_images(self) -> int:
-        """The fewest images per subset whose MSM interval is not empty (5 at the default 0.3)."""
-        return next(n for n in range(2, 100_000) if scorable(n, self.config.topmin_min, self.config.topmin_max))
+        """The fewest images per subset this model can score (:func:`min_set_size`)."""
+        return min_set_size(self.config)
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
