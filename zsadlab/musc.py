@@ -185,6 +185,12 @@ def chunk_mutual_scores(
     return torch.cat(scores)  # [n, P]
 
 
+def read_rows(array, index) -> torch.Tensor:
+    """``array[index]`` as a tensor: a tensor is indexed, an array (e.g. a ``np.memmap``) is read from disk."""
+    rows = array[index]
+    return rows if torch.is_tensor(rows) else torch.from_numpy(np.ascontiguousarray(rows))
+
+
 def mutual_scoring(Z_layer, topmin_min: float = 0.0, topmin_max: float = 0.3,
                    chunk_size: int = CHUNK_SIZE) -> torch.Tensor:
     """``[N, P, C]`` LNAMD features of one layer -> ``[N, P]`` float64 MSM scores (fixtures/musc §6).
@@ -192,8 +198,7 @@ def mutual_scoring(Z_layer, topmin_min: float = 0.0, topmin_max: float = 0.3,
     ``Z_layer`` may be a tensor or an array (a ``np.memmap`` is read one chunk at a time).
     With fewer than 5 images at the default interval every score is NaN, as officially.
     """
-    return chunk_mutual_scores(lambda rows: torch.as_tensor(np.asarray(Z_layer[rows])) if not torch.is_tensor(Z_layer)
-                               else Z_layer[rows], len(Z_layer), topmin_min, topmin_max, chunk_size)
+    return chunk_mutual_scores(lambda rows: read_rows(Z_layer, rows), len(Z_layer), topmin_min, topmin_max, chunk_size)
 
 
 # --- maps and RsCIN ---------------------------------------------------------------------------
@@ -277,10 +282,8 @@ class MuSc(nn.Module):
         for r in self.config.r_list:
             per_layer = []
             for layer in range(len(tokens)):
-                def features(rows: slice, layer=layer, r=r):
-                    raw = tokens[layer][subset[rows]]  # [b, 1+P, C]; a memory map is read here
-                    return lnamd_layer(torch.as_tensor(np.asarray(raw) if not torch.is_tensor(raw) else raw)
-                                       .to(device), r)
+                def features(rows: slice, layer=layer, r=r):  # [b, P, C] from the stored [b, 1+P, C]
+                    return lnamd_layer(read_rows(tokens[layer], subset[rows]).to(device), r)
                 per_layer.append(chunk_mutual_scores(features, len(subset), self.config.topmin_min,
                                                      self.config.topmin_max, self.config.chunk_size).cpu())
             per_r.append(torch.stack(per_layer).mean(dim=0))  # [n, P]
