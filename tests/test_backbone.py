@@ -11,6 +11,7 @@ from zsadlab.backbone import (
     block_tokens,
     clip_from_openai_state_dict,
     encode_text,
+    factory_rebuilt,
     load_clip,
     pooled_image_embedding,
     project_tokens,
@@ -371,3 +372,45 @@ def test_inctrls_e32_weights_are_downloaded_by_their_own_url_and_named_by_tag_wh
     load_clip("ViT-B-16-plus-240", "laion400m_e32", device="cpu")
     assert asked == [(open_clip.get_pretrained_cfg("ViT-B-16-plus-240", "laion400m_e32")["url"], False)]
     assert asked[0][0].endswith("vit_b_16_plus_240-laion400m_e32-699c4b84.pt")
+# --- factory_rebuilt: the model open_clip's factory builds at a non-native size -------------------
+
+def open_clip_factory_model(clip, size, antialias):
+    """What open_clip's own factory path gives: a fresh CLIP from the config (no quick_gelu) + resized state dict."""
+    import open_clip
+
+    model = open_clip.model.CLIP(embed_dim=64, vision_cfg=dict(image_size=size, layers=8, width=128, patch_size=14),
+                                 text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=12),
+                                 quick_gelu=False)
+    state = clip.state_dict()
+    open_clip.model.resize_pos_embed(state, model, antialias=antialias)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+@pytest.mark.parametrize("antialias", [False, True])
+def test_factory_rebuilt_equals_open_clips_fresh_build_at_a_non_native_size(antialias):
+    clip = clip_from_openai_state_dict(dict(np.load(FIX / "tiny_clip_openai_sd.npz")))
+    rebuilt = factory_rebuilt(clip, 140, antialias=antialias)
+    fresh = open_clip_factory_model(clip, 140, antialias)
+    x = torch.randn(2, 3, 140, 140)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.encode_image(x), fresh.encode_image(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(rebuilt.encode_text(tokenize("a photo")), fresh.encode_text(tokenize("a photo")),
+                                   rtol=0, atol=1e-6)
+    assert torch.equal(rebuilt.visual.positional_embedding, fresh.visual.positional_embedding)
+
+
+def test_factory_rebuilt_shares_the_weights_and_leaves_the_model_untouched(clip):
+    native = clip.visual.positional_embedding.detach().clone()
+    rebuilt = factory_rebuilt(clip, 140, antialias=False)
+    assert factory_rebuilt(clip, 112) is clip
+    assert rebuilt.visual.conv1.weight is clip.visual.conv1.weight
+    assert torch.equal(clip.visual.positional_embedding, native)
+    activations = {type(m).__name__ for m in rebuilt.modules()} - {type(m).__name__ for m in clip.modules()}
+    assert activations == {"GELU"} and rebuilt.visual.grid_size == (10, 10)
+
+
+def test_antialiasing_changes_the_rebuilt_positional_table(clip):
+    plain = factory_rebuilt(clip, 140, antialias=False).visual.positional_embedding
+    smooth = factory_rebuilt(clip, 140, antialias=True).visual.positional_embedding
+    assert torch.equal(plain[0], smooth[0]) and (plain - smooth).abs().max() > 1e-3

@@ -140,11 +140,12 @@ def test_inctrl_trains_on_the_official_inctrl_train_split_read_from_its_recipe(m
     assert seen == {"split": "inctrl_train", "labels": {0, 1}}  # normals and the test defects
 
 
-def test_precision_is_declared_per_method_vand_fp16_autocast_on_cuda_the_others_fp32():
+def test_precision_is_declared_per_method_vand_and_musc_fp16_autocast_on_cuda_the_others_fp32():
     from zsadlab.methods import run_precision
 
     declared = {name: get_method(name).precision for name in method_names()}
     assert declared.pop("vand") == declared.pop("vand_fewshot") == "fp16"  # official train.py / test.py autocast
+    assert declared.pop("musc") == "fp16"  # official musc.py:161, 193
     assert set(declared.values()) == {"fp32"}  # AnomalyCLIP, its baselines, InCTRL, WinCLIP
     for name in method_names():
         spec = get_method(name)

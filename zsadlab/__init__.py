@@ -8,7 +8,7 @@ sibling method and never upward:
     dpam, prompts, maps, losses, fewshot        one paper concept each
     methods                                     the registry only: Method, Recipe, Setup, the model Protocol;
                                                 imports no method
-    anomalyclip, inctrl, vand, winclip          one module per method: config dataclass, model, recipe,
+    anomalyclip, inctrl, musc, vand, winclip    one module per method: config dataclass, model, recipe,
                                                 per-profile setups and its own register_method(...) call
     profiles                                    profiles: datasets and profile-wide settings; the per-method
                                                 setups are looked up in the registry (profile.config("inctrl"))
@@ -22,6 +22,6 @@ The line below is the one place that imports the built-in methods, so that
 ``methods.get_method`` / ``methods.method_names`` know them however zsadlab is imported;
 a new method module is one more name on it.
 """
-from . import anomalyclip, inctrl, vand, winclip  # noqa: F401  (built-in methods register themselves)
+from . import anomalyclip, inctrl, musc, vand, winclip  # noqa: F401  (built-in methods register themselves)
 
 __version__ = "0.1.0"

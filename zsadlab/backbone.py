@@ -14,6 +14,9 @@ and InCTRL never touch open_clip internals themselves:
 * :func:`block_tokens` - residual-stream tokens after any set of blocks (1-based,
   as the papers count) at any square input size, with the positional table
   resized as the official code does, without mutating the model.
+* :func:`factory_rebuilt` - the option to run a model as open_clip's factory rebuilds
+  it at a non-native size (exact GELU, bicubic positional table), with or without
+  antialiasing: MuSc's vendored copy resizes without it.
 
 Shapes: ``B`` batch, ``g`` patch grid side, ``N = 1 + g*g`` tokens (CLS first,
 then patches row-major), ``W`` tower width, ``D`` joint embedding dim.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import copy
 import os
 import socket
 import sys
@@ -36,7 +40,8 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP, build_model_from_openai_state_dict
+from open_clip.model import CLIP, build_model_from_openai_state_dict, resize_pos_embed
+from open_clip.transformer import QuickGELU
 
 from .utils import is_torchscript_archive, load_torch_file, load_torchscript_tensors, pick_device, square_side
 
@@ -521,6 +526,42 @@ def embed_image(visual: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     tokens = torch.cat([cls, tokens], dim=1)  # [B, 1+g*g, W]
     tokens = tokens + resized_positional_embedding(visual, grid).to(tokens.dtype)
     return visual.ln_pre(tokens)
+
+
+def factory_rebuilt(clip: CLIP, image_size: int, antialias: bool = True) -> CLIP:
+    """``clip`` as open_clip's factory rebuilds a pretrained model for another ``image_size``.
+
+    At a size other than the native one, ``create_model_and_transforms(name, image_size,
+    pretrained='openai')`` of the open_clip copies vendored by the official code (2.16,
+    ``factory.py:147-169``) builds a fresh ``CLIP(**model_cfg)`` - exact ``nn.GELU``, because the
+    model configs (e.g. ``ViT-L-14-336.json``) carry no ``quick_gelu`` key - and loads the OpenAI
+    weights with the positional table passed through ``resize_pos_embed`` (bicubic,
+    ``align_corners=False``). ``antialias`` chooses that resize's antialiasing:
+
+    * ``True`` - open_clip and APRIL-GAN's copy;
+    * ``False`` - MuSc's copy (``model.py:436-441`` drops the argument, so torch's default
+      applies; fixtures/musc §2.2). The two tables differ by up to 3.1e-2 on the tiny fixture CLIP.
+
+    At the native size ``clip`` itself is returned. Otherwise the result **shares every weight**
+    with ``clip`` (nothing is copied, ``clip`` is not mutated); only its activations and its
+    positional table differ, so its features differ from the native model's in both towers.
+    """
+    visual = clip.visual
+    grid = grid_size(visual, image_size)
+    if (grid, grid) == tuple(visual.grid_size):
+        return clip
+    weights = {id(t): t for t in [*clip.parameters(), *clip.buffers()]}
+    rebuilt = copy.deepcopy(clip, memo=weights)  # new modules around the same tensors
+    for module in rebuilt.modules():
+        for name, child in module.named_children():
+            if isinstance(child, QuickGELU):
+                setattr(module, name, torch.nn.GELU())
+    rebuilt.visual.image_size, rebuilt.visual.grid_size = (image_size, image_size), (grid, grid)
+    tables = {"visual.positional_embedding": visual.positional_embedding.detach()}
+    resize_pos_embed(tables, rebuilt, interpolation="bicubic", antialias=antialias)  # [1 + g*g, W]
+    rebuilt.visual.positional_embedding = torch.nn.Parameter(tables["visual.positional_embedding"],
+                                                             requires_grad=False)
+    return rebuilt
 
 
 def check_blocks(blocks: Sequence[int], depth: int) -> tuple[int, ...]:

@@ -162,7 +162,7 @@ def prompt_record(prompts: Sequence[str | Path] | None) -> list[dict] | None:
 
 def refusal(spec: Method) -> str | None:
     """Why a method's scores cannot be calibrated on normal images, or None when they can."""
-    if getattr(spec, "transductive", False):
+    if spec.transductive:
         return (f"{spec.name} is transductive: it scores each image against the other images of the test set, "
                 "so a threshold from normal images does not carry over to a new image")
     if spec.class_scores is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-CHECKSUMMED = ("anomalyclip", "vand", "winclip")
+CHECKSUMMED = ("anomalyclip", "musc", "vand", "winclip")
 
 
 def listed_checksums(folder: str) -> dict[str, str]:
