@@ -1,8 +1,9 @@
 """Load-or-train: the run cache that keeps the series from training the same model twice.
 
 A training is identified by everything that decides its result: the method, its config, the
-training data (the dataset's folder, split and the exact list of images with their sizes, so a
-budget subset or another draw of a synthetic set is a different run), the seed, the epochs, the global batch and the step budget. :func:`training_key`
+training data (:func:`~.training.data_identity`: the dataset's name, split and the exact list of images -
+paths relative to the dataset's root - with their sizes, so a budget subset or another draw of a synthetic
+set is a different run, and the same data under another root or in another clone is the same run), the seed, the epochs, the global batch and the step budget. :func:`training_key`
 turns that into a short digest and :func:`load_or_train` runs the one trainer (``engine.train``)
 in ``<cache>/<method>-<digest>/``: a finished run is loaded from its resume state instead of
 trained again, an interrupted one resumes after its last completed epoch.
@@ -24,7 +25,7 @@ from typing import Any
 
 from ..utils import write_json_atomic
 from .building import method_of
-from .training import completed_epochs, train
+from .training import completed_epochs, data_identity, train
 
 TRAININGS_LOG_ENV = "ZSADLAB_TRAININGS_LOG"
 NOTEBOOK_ENV = "ZSADLAB_NOTEBOOK"
@@ -59,15 +60,6 @@ def training_key(**parts: Any) -> str:
     """A 16-hex-digit digest of ``parts``; equal parts give equal keys, on any machine."""
     text = json.dumps(_plain(parts), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def data_identity(dataset) -> dict:
-    """What a training reads: the dataset's folder, the split and a digest of its images' relative
-    paths and sizes (so a budget subset, or another draw of a synthetic set, is other data)."""
-    root = Path(dataset.root).resolve()
-    files = sorted((str(Path(s.path).relative_to(dataset.root)), Path(s.path).stat().st_size) for s in dataset.samples)
-    return {"root": str(root), "split": dataset.split, "images": len(files),
-            "files": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]}
 
 
 def log_request(key: str, action: str) -> None:
