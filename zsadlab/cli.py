@@ -1,4 +1,4 @@
-"""The ``zsadlab`` command line: ``zsadlab data|train|test|predict|pull [options]``.
+"""The ``zsadlab`` command line: ``zsadlab data|train|test|predict|pull|course [options]``.
 
 Each command is one builder function in ``COMMANDS`` that adds its sub-parser and
 sets ``func``; methods come from the registry (:mod:`zsadlab.methods`), never by name.
@@ -277,8 +277,23 @@ def add_pull_command(commands: argparse._SubParsersAction) -> None:
     pull.set_defaults(func=_pull)
 
 
+def _course(args: argparse.Namespace) -> int:
+    from . import course
+
+    return course.main(args.rest)
+
+
+def add_course_command(commands: argparse._SubParsersAction) -> None:
+    """``zsadlab course plan|train|pack|student|site|colab ...``: the course tools (:mod:`zsadlab.course`)."""
+    course = commands.add_parser("course", add_help=False,
+                                 help="plan, train and pack the series' runs for a class; student copies, site")
+    course.add_argument("rest", nargs=argparse.REMAINDER)
+    course.set_defaults(func=_course)
+
+
 COMMANDS: dict[str, Builder] = {"data": add_data_commands, "train": add_train_command, "test": add_test_command,
-                               "predict": add_predict_command, "pull": add_pull_command}
+                               "predict": add_predict_command, "pull": add_pull_command,
+                               "course": add_course_command}
 
 
 def parser() -> argparse.ArgumentParser:

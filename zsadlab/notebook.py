@@ -14,6 +14,8 @@ notebook already ran (same method, config, data, seed, epochs and budget) is loa
 """
 from __future__ import annotations
 
+import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,13 +26,25 @@ import torch
 
 from . import engine, pretrained, viz
 from .data import AnomalyDataset, ensure_dataset
-from .engine.cache import CACHE_ENV, CachedRun, load_or_train, log_request
+from .engine.cache import CACHE_ENV, CachedRun, RunSpec, load_or_train, log_request, run_spec
 from .methods import get_method
+from .pack import installed_reference
 from .profiles import Profile, get_profile
 from .utils import pick_device, seed_everything
 
 COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "aupro_mvtec", "aupro_anomalyclip")
 CACHE = "runs/cache"  # the run cache, relative to the repository root
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """Training data named without a path: the registry dataset ``name`` under the session's data
+    root, or - with ``folder`` - its draw with ``seed`` in ``<data_root>/<folder>/`` (a generated
+    stand-in, e.g. notebook 07's held-out smoke images)."""
+
+    name: str
+    folder: str | None = None
+    seed: int = 0
 
 
 @dataclass
@@ -95,16 +109,44 @@ class Session:
         return self.budgeted(engine.dataset_for(model, root, recipe.training_split,
                                                 require_masks=recipe.require_masks))
 
-    def trained(self, method: str, train_name: str | Path | None = None, **changes) -> tuple[torch.nn.Module, CachedRun]:
+    def data(self, train: "str | Path | DataRef") -> Path:
+        """The root of training data ``train``: a registry name under ``data_root``, the path of a prepared
+        dataset, or a :class:`DataRef` (a generated stand-in in a subfolder of ``data_root``)."""
+        if isinstance(train, DataRef):
+            return self.root(train.name) if train.folder is None else \
+                ensure_dataset(train.name, self.data_root / train.folder, seed=train.seed)
+        return self.root(train) if isinstance(train, str) else Path(train)
+
+    def training(self, method: str, train_name: "str | Path | DataRef | None" = None,
+                 **changes) -> tuple[torch.nn.Module, AnomalyDataset, RunSpec]:
+        """What :meth:`trained` would train - the model, its training set and the run-cache
+        :class:`RunSpec` (key included) - without training: the one path :meth:`trained` and the
+        course plan (``zsadlab course plan``) share, so the plan's keys are the notebooks' keys."""
+        root = self.data(train_name or self.train_name)  # a missing dataset fails before any weights load
+        model = self.build(method, **changes)
+        data = self.training_set(root, model)
+        return model, data, run_spec(model, data, epochs=self.epochs, seed=self.seed,
+                                     max_steps_per_epoch=self.steps_per_epoch)
+
+    def trained(self, method: str, train_name: "str | Path | DataRef | None" = None,
+                **changes) -> tuple[torch.nn.Module, CachedRun]:
         """``method`` (with config ``changes``) trained on ``train_name`` (a registry name, or the path
         of a prepared dataset; default: the profile's auxiliary set) with its official recipe - or
-        loaded from the run cache if this exact training already ran in any notebook."""
-        model = self.build(method, **changes)
-        data = self.training_set(train_name or self.train_name, model)
+        loaded from the run cache if this exact training already ran in any notebook (or came in a
+        course pack: ``zsadlab course pack pull``)."""
+        model, data, _ = self.training(method, train_name, **changes)
         run = load_or_train(model, data, self.cache, epochs=self.epochs, seed=self.seed,
                             max_steps_per_epoch=self.steps_per_epoch)
         print(f"{method} on {Path(data.root).name}: {run.action} ({run.folder.name})")
         return model, run
+
+    def official_path(self, checkpoint_name: str, checkpoint: str | None = None) -> Path | None:
+        """The weights :meth:`official` loads instead of training: the user's ``checkpoint`` file, else
+        (meaningful profiles only) the pulled official checkpoint ``checkpoint_name``; None: train."""
+        path = viz.resolve_path(checkpoint) if checkpoint else None
+        if path is None and self.profile.meaningful and pretrained.available(checkpoint_name):
+            path = pretrained.path(checkpoint_name)
+        return path
 
     def official(self, checkpoint_name: str = "anomalyclip-mvtec", method: str = "anomalyclip",
                  train_name: str | None = None, checkpoint: str | None = None, **changes):
@@ -114,9 +156,7 @@ class Session:
         official checkpoint ``checkpoint_name`` (``zsadlab pull``) when it is on this machine.
         Returns ``(model, action)`` with action ``"pulled"``, ``"trained"`` or ``"reused"``.
         """
-        path = viz.resolve_path(checkpoint) if checkpoint else None
-        if path is None and self.profile.meaningful and pretrained.available(checkpoint_name):
-            path = pretrained.path(checkpoint_name)
+        path = self.official_path(checkpoint_name, checkpoint)
         if path is None:
             model, run = self.trained(method, train_name, **changes)
             return model, run.action
@@ -124,6 +164,19 @@ class Session:
         log_request(Path(path).name if checkpoint else checkpoint_name, "pulled")
         print(f"{method}: official weights from {path}")
         return model, "pulled"
+
+    def reference_run(self, table_name: str):
+        """This notebook's table ``table_name`` (e.g. ``"dpam_ablation.json"``) from the reference run of the
+        installed course pack (``zsadlab course pack pull``): a dict for JSON, a list of row dicts for CSV;
+        None without a pack or without that table. It is the instructor's execution of this notebook
+        with the same code - a reference, not a paper number and not this run."""
+        path = installed_reference(self.cache, self.out.name, table_name)
+        if path is None:
+            return None
+        if path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                return list(csv.DictReader(f))
+        return json.loads(path.read_text(encoding="utf-8"))
 
     def summary(self, table, columns: Sequence[str] = COLUMNS) -> dict[str, float]:
         """The mean row of a result table, restricted to ``columns`` (those the table has)."""

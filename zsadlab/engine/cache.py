@@ -75,6 +75,40 @@ def log_request(key: str, action: str) -> None:
     write_json_atomic(entries, path)
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One training as the run cache knows it: its ``key`` and the values :func:`engine.train` runs with."""
+
+    key: str
+    method: str
+    epochs: int
+    batch_size: int
+    seed: int
+    max_steps_per_epoch: int | None
+    options: dict
+
+    def folder(self, cache_dir: str | Path) -> Path:
+        """The run folder of this training in the cache ``cache_dir``."""
+        return Path(cache_dir) / f"{self.method}-{self.key}"
+
+    def done(self, cache_dir: str | Path) -> bool:
+        """Has this training completed all its epochs in ``cache_dir``?"""
+        return completed_epochs(self.folder(cache_dir)) >= self.epochs
+
+
+def run_spec(model, dataset, epochs: int | None = None, batch_size: int | None = None, seed: int | None = None,
+             max_steps_per_epoch: int | None = None, **plan_options) -> RunSpec:
+    """The :class:`RunSpec` of training ``model`` on ``dataset`` (``None``: the method's official values,
+    as :func:`engine.train`) - what :func:`load_or_train` keys the cache by, computed without training."""
+    spec = method_of(model)
+    epochs = epochs or model.config.epochs
+    batch_size = batch_size or model.config.batch_size
+    seed = spec.seed if seed is None else seed
+    key = training_key(method=spec.name, config=model.config, data=data_identity(dataset), seed=seed, epochs=epochs,
+                       batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch, options=plan_options)
+    return RunSpec(key, spec.name, epochs, batch_size, seed, max_steps_per_epoch, dict(plan_options))
+
+
 def load_or_train(model, dataset, cache_dir: str | Path, epochs: int | None = None, batch_size: int | None = None,
                   seed: int | None = None, max_steps_per_epoch: int | None = None, progress: bool = True,
                   **plan_options) -> CachedRun:
@@ -84,15 +118,10 @@ def load_or_train(model, dataset, cache_dir: str | Path, epochs: int | None = No
     ends up holding the trained parts either way; ``action`` says whether they were trained now
     (``"trained"``, also when an interrupted run was resumed) or loaded (``"reused"``).
     """
-    spec = method_of(model)
-    epochs = epochs or model.config.epochs
-    batch_size = batch_size or model.config.batch_size
-    seed = spec.seed if seed is None else seed
-    key = training_key(method=spec.name, config=model.config, data=data_identity(dataset), seed=seed, epochs=epochs,
-                       batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch, options=plan_options)
-    folder = Path(cache_dir) / f"{spec.name}-{key}"
-    action = "reused" if completed_epochs(folder) >= epochs else "trained"
-    history = train(model, dataset, epochs, batch_size, out_dir=folder, resume=True, seed=seed,
+    run = run_spec(model, dataset, epochs, batch_size, seed, max_steps_per_epoch, **plan_options)
+    folder = run.folder(cache_dir)
+    action = "reused" if run.done(cache_dir) else "trained"
+    history = train(model, dataset, run.epochs, run.batch_size, out_dir=folder, resume=True, seed=run.seed,
                     max_steps_per_epoch=max_steps_per_epoch, progress=progress, **plan_options)
-    log_request(key, action)
-    return CachedRun(key, folder, history, action)
+    log_request(run.key, action)
+    return CachedRun(run.key, folder, history, action)
