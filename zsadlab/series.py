@@ -302,6 +302,16 @@ def plan(notebooks: Sequence[str | Path], overrides: dict | None = None, cache: 
     return list(runs.values())
 
 
+def minutes_by_notebook(runs: Sequence[PlannedRun]) -> dict[str, float]:
+    """Training minutes per notebook by the cost model, each run counted once, where it is first requested
+    (the run cache serves the later requests): the README's cost columns."""
+    minutes: dict[str, float] = {}
+    for run in runs:
+        stem = run.requested_by[0].split(":")[0]
+        minutes[stem] = minutes.get(stem, 0.0) + (run.minutes or 0.0)
+    return minutes
+
+
 def plan_table(runs: Sequence[PlannedRun]) -> str:
     """The plan as aligned text: one line per training and a total."""
     header = ("key", "method", "changes", "data", "seed", "epochs", "batch", "steps", "images x epochs", "minutes",
@@ -319,6 +329,11 @@ def plan_table(runs: Sequence[PlannedRun]) -> str:
     lines.append(f"{len(runs)} trainings, {sum(r.done for r in runs)} already in the run cache; "
                  f"estimated {sum(known):.1f} device-minutes in all by the cost model (zsadlab/costs.py)"
                  + ("" if len(known) == len(runs) else f", {len(runs) - len(known)} not priced"))
+    by_notebook = minutes_by_notebook(runs)
+    if by_notebook:
+        lines.append("training minutes by notebook (each run where first requested): "
+                     + ", ".join(f"{stem[:2]} {m:.0f}" if m >= 1 else f"{stem[:2]} {m:.2f}"
+                                 for stem, m in by_notebook.items()))
     needs = [r for r in runs if r.needs]
     if needs:
         lines.append(f"{len(needs)} key(s) need data not prepared here; e.g. {needs[0].needs}")
