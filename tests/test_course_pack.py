@@ -138,3 +138,13 @@ def test_a_pack_cannot_be_built_before_its_runs_are_trained(tmp_path):
     with pytest.raises(PackError, match="course train"):
         build(tmp_path / "course.tar", runs, tmp_path / "cache", None, "smoke")
     assert not (tmp_path / "course.tar").exists()
+
+
+def test_the_reference_run_of_a_comparison_comes_back_in_percent_from_the_notebooks_table(packed, tmp_path):
+    home, _ = packed
+    pull(str(home / "course.tar"), tmp_path / "cache")
+    S = session_for({**_params(tmp_path), "_stem": "04_global_local_optimization"}, cache=tmp_path / "cache")
+    assert S.reference_run("04_loss_ablation") == {"both (AnomalyCLIP)": {"image_auroc": 50.0}}
+    assert S.reference_run("04_not_there") is None
+    nothing = session_for({**_params(tmp_path), "_stem": "04_global_local_optimization"}, cache=tmp_path / "none")
+    assert nothing.reference_run("04_loss_ablation") is None

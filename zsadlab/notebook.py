@@ -166,21 +166,43 @@ class Session:
         return model, "pulled"
 
     def reference_run(self, table_name: str):
-        """This notebook's table ``table_name`` (e.g. ``"dpam_ablation.json"``) from the reference run of the
-        installed course pack (``zsadlab course pack pull``): a dict for JSON, a list of row dicts for CSV;
-        None without a pack or without that table. It is the instructor's execution of this notebook
-        with the same code - a reference, not a paper number and not this run."""
+        """The reference run's version of this notebook's table ``table_name``, from the installed course pack
+        (``zsadlab course pack pull``: the instructor's execution of the series with the same code - a
+        reference, neither a paper number nor this run), or None without a pack or that table.
+
+        ``table_name`` is a file the notebook writes into its output folder (``"loss_ablation.json"``; a
+        CSV comes back as a list of row dicts) or the name of a comparison figure, ``"<NN>_<table>"``
+        (``"02_dpam_ablation"``), for :func:`zsadlab.viz.plot_comparison`: then the notebook's
+        ``<table>.json`` as ``{"setting": {"metric": value in %}}`` - its ``mean`` or ``measured``
+        part where it has one, values in [0, 1] scaled to %."""
         path = installed_reference(self.cache, self.out.name, table_name)
-        if path is None:
-            return None
-        if path.suffix == ".csv":
+        if path is not None and path.suffix == ".csv":
             with open(path, newline="", encoding="utf-8") as f:
                 return list(csv.DictReader(f))
-        return json.loads(path.read_text(encoding="utf-8"))
+        if path is not None:
+            return json.loads(path.read_text(encoding="utf-8"))
+        stem = table_name.split("_", 1)[1] if table_name[:2].isdigit() and "_" in table_name else table_name
+        path = installed_reference(self.cache, self.out.name, stem + ".json")
+        return None if path is None else comparison_series(json.loads(path.read_text(encoding="utf-8")))
 
     def summary(self, table, columns: Sequence[str] = COLUMNS) -> dict[str, float]:
         """The mean row of a result table, restricted to ``columns`` (those the table has)."""
         return {c: table.mean[c] for c in columns if c in table.columns}
+
+
+def comparison_series(table) -> dict[str, dict[str, float]] | None:
+    """``table`` (a notebook's result JSON) as ``{"setting": {"metric": value in %}}``: its ``mean`` or
+    ``measured`` part where it has one; values all in [0, 1] are fractions and come back in %. None when
+    the table has another shape."""
+    if isinstance(table, dict) and len(table) > 1:
+        table = table.get("mean", table.get("measured", table))
+    if not (isinstance(table, dict) and table and all(isinstance(row, dict) for row in table.values())):
+        return None
+    rows = {setting: {m: v for m, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for setting, row in table.items()}
+    values = [v for row in rows.values() for v in row.values()]
+    scale = 100.0 if values and all(0.0 <= v <= 1.0 for v in values) else 1.0
+    return {setting: {m: scale * v for m, v in row.items()} for setting, row in rows.items()}
 
 
 def start(profile: str = "auto", device: str = "auto", data_root: str = "auto", output_dir: str = "figures",
