@@ -220,17 +220,14 @@ class PlannedRun:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
 
-def _family(method: str, S: Session) -> str:
-    """The profile setup a method is built from (AnomalyCLIP presets: ``anomalyclip``)."""
-    return method if method in S.profile.setups else "anomalyclip"
-
-
 def _config(method: str, S: Session, changes: dict):
     """The method's config in this profile with ``changes``, without building a model."""
-    from .anomalyclip import PRESETS, preset_config
+    from .anomalyclip import preset_config
 
-    base = S.profile.config(_family(method, S))
-    base = preset_config(method, base) if method in PRESETS else base
+    try:
+        base = S.profile.config(method)
+    except ValueError:  # an AnomalyCLIP preset without a setup of its own starts from AnomalyCLIP's
+        base = preset_config(method, S.profile.config("anomalyclip"))
     return dataclasses.replace(base, **changes)
 
 
@@ -245,7 +242,7 @@ def _planned(req: Request, S: Session, stem: str, session: dict) -> PlannedRun:
     if req.seed is not None:
         S = dataclasses.replace(S, seed=req.seed)
     changes = dict(req.changes)
-    family, recipe = _family(req.method, S), get_method(req.method).recipe
+    recipe = get_method(req.method).recipe
     data = dataclasses.asdict(req.data) if isinstance(req.data, DataRef) else req.data
     session = {**session, "seed": S.seed}
     try:
@@ -263,15 +260,15 @@ def _planned(req: Request, S: Session, stem: str, session: dict) -> PlannedRun:
         total = images * epochs if images is not None else None
         return PlannedRun(None, req.method, data, changes, dataclasses.asdict(config), seed, epochs, batch, S.steps_per_epoch,
                           recipe.training_split, images, total,
-                          None if total is None else round(costs.training_minutes(S.profile.name, family, total), 1),
-                          costs.cost(S.profile.name, family).source, session, [f"{stem}: {req.label}"],
+                          None if total is None else round(costs.training_minutes(S.profile.name, req.method, total), 1),
+                          costs.cost(S.profile.name, req.method).source, session, [f"{stem}: {req.label}"],
                           needs=f"its key needs the data (and weights) on this machine: {str(err).splitlines()[0]}")
     images = _images_per_epoch(model, dataset, run)
     total = images * run.epochs
     return PlannedRun(run.key, req.method, data, changes, dataclasses.asdict(model.config), run.seed, run.epochs, run.batch_size,
                       run.max_steps_per_epoch, recipe.training_split, images, total,
-                      round(costs.training_minutes(S.profile.name, family, total), 2),
-                      costs.cost(S.profile.name, family).source, session, [f"{stem}: {req.label}"],
+                      round(costs.training_minutes(S.profile.name, req.method, total), 2),
+                      costs.cost(S.profile.name, req.method).source, session, [f"{stem}: {req.label}"],
                       done=run.done(S.cache))
 
 
