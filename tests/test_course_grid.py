@@ -84,3 +84,14 @@ def test_a_killed_grid_rerun_does_not_retrain_its_finished_runs(tmp_path):
     report = train_plan(runs, logs=tmp_path / "logs", device="cpu", echo=print)
     assert set(before) <= set(report["skipped"]) and not report["failed"]
     assert all(_mtimes(r) == before[r["key"]] for r in finished) and all(is_done(r) for r in runs)
+
+
+def test_a_run_asking_for_two_devices_trains_as_torchrun_ddp_inside_its_job(tmp_path):
+    from zsadlab.grid import train_planned
+
+    run = _plan(tmp_path)[0]
+    outcome = train_planned(run, tmp_path / "logs", gpus=2, device="cpu")  # gloo on the CPU: the same launch
+    assert outcome["action"] == "trained" and is_done(run)
+    assert Path(outcome["log"]).read_text().count(": trained (") == 2  # one line per rank: two processes trained it
+    record = json.loads((run_folder(run) / "run.json").read_text())
+    assert record["completed_epochs"] == record["epochs"] == 1

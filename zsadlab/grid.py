@@ -84,13 +84,13 @@ def train_planned(run: dict, logs: str | Path, cache: str | Path | None = None, 
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if gpus > 1:
-        spec = log.with_suffix(".json")
-        spec.write_text(json.dumps(run), encoding="utf-8")
+        spec = log.with_suffix(".json")  # everything the ranks need (no options after torchrun's script name)
+        spec.write_text(json.dumps({"run": run, "cache": None if cache is None else str(cache),
+                                    "data_root": None if data_root is None else str(data_root), "device": device}),
+                        encoding="utf-8")
         with open(log, "a", encoding="utf-8") as out:
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-                       "-m", "zsadlab.grid", str(spec), "--logs", str(logs), "--device", device]
-            command += ["--cache", str(cache)] if cache else []
-            command += ["--data-root", str(data_root)] if data_root else []
+                       "-m", "zsadlab.grid", str(spec)]
             if subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode:
                 raise RunError(f"run {run['method']}-{run['key']} failed under torchrun; see {log}")
         action = "trained"
@@ -205,17 +205,11 @@ def train_plan(runs: Sequence[dict], executor: str = "local", workers: int = 1, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """One planned run under torchrun (what :func:`train_planned` launches for ``gpus`` > 1)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m zsadlab.grid")
-    parser.add_argument("run", type=Path)
-    parser.add_argument("--logs", type=Path, required=True)
-    parser.add_argument("--cache", default=None)
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    print(_train_here(json.loads(args.run.read_text(encoding="utf-8")), args.cache, args.data_root, args.device))
+    """One planned run on this rank under torchrun (what :func:`train_planned` launches for ``gpus`` > 1):
+    ``python -m zsadlab.grid SPEC.json`` with ``{"run", "cache", "data_root", "device"}``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    print(_train_here(spec["run"], spec["cache"], spec["data_root"], spec["device"]))
     return 0
 
 
