@@ -307,6 +307,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``zsadlab`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["course"]:  # its own parser (options included: `zsadlab course --help`)
+        from . import course
+
+        return course.main(argv[1:])
     args = parser().parse_args(argv)
     try:
         return args.func(args)
