@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from typing import Sequence
 import nbformat
 from nbconvert.preprocessors import ClearOutputPreprocessor, TagRemovePreprocessor
 
-from .utils import write_text_atomic
+from .utils import check_writable, write_json_atomic, write_text_atomic
 
 # THE one place to change when the repository moves: Colab badges and the Colab set-up cell use it.
 REPO_URL = "https://github.com/zsadlab/zsadlab"
@@ -328,19 +329,15 @@ def _runs_of(args: argparse.Namespace) -> tuple[list[dict], str]:
 def run_plan(args: argparse.Namespace) -> int:
     from .series import plan_table
 
+    if args.json:
+        check_writable(args.json.parent)  # before planning (which builds every model)
     runs = _plan_runs(args)
     print(plan_table(runs))
     if args.json:
-        write_json_atomic_text({"profile": runs[0].session["profile"] if runs else None,
-                                "runs": [r.as_json() for r in runs]}, args.json)
+        write_json_atomic({"profile": runs[0].session["profile"] if runs else None,
+                           "runs": [r.as_json() for r in runs]}, args.json)
         print(f"plan: {args.json}")
     return 0
-
-
-def write_json_atomic_text(obj, path: Path) -> None:
-    from .utils import write_json_atomic
-
-    write_json_atomic(obj, path)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -369,8 +366,6 @@ def run_pack_pull(args: argparse.Namespace) -> int:
     from .notebook import CACHE
     from .pack import pull
     from .viz import resolve_path
-
-    import os
 
     cache = Path(args.run_cache) if args.run_cache else resolve_path(os.environ.get("ZSADLAB_CACHE", CACHE))
     result = pull(args.source, cache)
@@ -448,11 +443,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .errors import UserError
+    from .utils import OutputError
 
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CourseError, UserError, subprocess.CalledProcessError) as err:
+    except (CourseError, UserError, OutputError, subprocess.CalledProcessError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
