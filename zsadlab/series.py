@@ -183,12 +183,13 @@ def notebook_parameters(path: str | Path, overrides: dict | None = None) -> dict
 
 
 def session_for(params: dict, cache: str | Path | None = None) -> Session:
-    """The :class:`Session` ``start`` makes from notebook parameters ``params`` (quietly, on the CPU:
-    keys do not depend on the device)."""
-    keys = ("profile", "data_root", "seed", "epochs", "image_size", "classes", "max_images_per_class",
+    """The :class:`Session` ``start`` makes from notebook parameters ``params``, quietly, on the notebook's
+    device (``auto``: what the notebook would pick here; ``-p device cuda`` plans for a GPU machine), so
+    a key that depends on where a run trains is the notebook's."""
+    keys = ("profile", "device", "data_root", "seed", "epochs", "image_size", "classes", "max_images_per_class",
             "steps_per_epoch")
     with contextlib.redirect_stdout(io.StringIO()):
-        return start(device="cpu", output_dir=f"figures/{params.get('_stem', 'plan')}",
+        return start(output_dir=f"figures/{params.get('_stem', 'plan')}",
                      cache=None if cache is None else str(cache), **{k: params[k] for k in keys if k in params})
 
 
