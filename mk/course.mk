@@ -2,13 +2,28 @@
 #   make student        student copies of notebooks/ without solution cells, outputs cleared -> build/student/
 #   make site           Jupyter Book of the executed notebooks (make notebooks) -> build/site/_build/html/
 #   make test-browser   notebook 09's widgets in JupyterLab + headless Chromium (not part of make test)
+#   make course-plan    every distinct training of the series (PROFILE), with keys and costs -> build/course/plan.json
+#   make course-train   train that plan side by side (WORKERS processes; one per GPU on a GPU machine)
+#   make course-pack    the trained runs + the reference execution's tables (make notebooks) -> build/course/course.tar
 STUDENT_DIR := build/student
 SITE_DIR    := build/site
 # Debian's Chromium (never `playwright install`: it downloads a browser). Root installs it directly.
 CHROMIUM    ?= /usr/bin/chromium
 APT_GET     := $(if $(filter 0,$(shell id -u)),apt-get,sudo apt-get)
 
-.PHONY: student site test-browser
+COURSE_DIR  := build/course
+WORKERS     ?= 1
+
+.PHONY: student site test-browser course-plan course-train course-pack
+
+course-plan: $(STAMP)
+	$(PY) -m zsadlab.course plan --profile $(PROFILE) --json $(COURSE_DIR)/plan.json $(NOTEBOOKS)
+
+course-train: course-plan
+	$(PY) -m zsadlab.course train --plan $(COURSE_DIR)/plan.json --workers $(WORKERS)
+
+course-pack: $(STAMP)
+	$(PY) -m zsadlab.course pack build $(COURSE_DIR)/course.tar --plan $(COURSE_DIR)/plan.json --reference figures
 
 student: $(STAMP)
 	$(PY) -m zsadlab.course student --out $(STUDENT_DIR) $(NOTEBOOKS)

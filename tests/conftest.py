@@ -93,6 +93,8 @@ def marked_toy_set(tmp_path, write_image, write_mask) -> Callable[[str], Path]:
         return root
 
     return make
+
+
 @pytest.fixture
 def lock_holder():
     """``lock_holder(folder)``: a real second process holding ``folder``'s one-writer lock (``folder_lock``)

@@ -351,6 +351,8 @@ def test_auto_does_not_choose_full_on_weight_files_it_cannot_load(monkeypatch, t
     monkeypatch.setenv("ZSADLAB_WEIGHTS_DIR", str(folder))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert get_profile("auto").name == "smoke"
+
+
 def test_inctrls_e32_weights_are_downloaded_by_their_own_url_and_named_by_tag_when_missing(monkeypatch, tmp_path):
     import open_clip
 

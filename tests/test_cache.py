@@ -87,6 +87,8 @@ def test_the_precision_is_part_of_the_training_key(tmp_path, monkeypatch):
         monkeypatch.setattr(cache, "precision_of", lambda model, device, amp, p=precision: p)
         keys[precision] = load_or_train(model, data, tmp_path / "cache", epochs=1, progress=False).key
     assert keys["fp16"] != keys["fp32"]
+
+
 def test_a_cache_entry_another_process_is_writing_is_refused_naming_it_and_its_pid(tmp_path, lock_holder):
     import pytest
 
@@ -96,3 +98,28 @@ def test_a_cache_entry_another_process_is_writing_is_refused_naming_it_and_its_p
     holder = lock_holder(first.folder)
     with pytest.raises(FolderBusyError, match=rf"{first.key}.*pid {holder.pid}"):
         _trained(tmp_path, tmp_path / "cache")
+
+
+def test_the_same_data_under_two_roots_has_the_same_key_so_run_caches_travel(tmp_path):
+    import shutil
+
+    profile = get_profile("smoke", quiet=True)
+    model = engine.build_model("anomalyclip", profile, "cpu")
+    here = ensure_dataset("synthetic_industrial", tmp_path / "clone_a" / "data")
+    there = tmp_path / "elsewhere" / "data" / "synthetic_industrial"
+    shutil.copytree(here, there)
+    identities = [data_identity(engine.dataset_for(model, root, "test", require_masks=True)) for root in (here, there)]
+    assert identities[0] == identities[1]
+    assert str(tmp_path) not in json.dumps(identities[0])  # no absolute path in what a key is made of
+    keys = [training_key(method="anomalyclip", config=model.config, data=identity, seed=111, epochs=1)
+            for identity in identities]
+    assert keys[0] == keys[1]
+
+
+def test_a_run_folder_copied_to_another_cache_and_data_root_is_reused_not_refused(tmp_path):
+    import shutil
+
+    _, first = _trained(tmp_path / "a", tmp_path / "a" / "cache")
+    shutil.copytree(tmp_path / "a" / "cache", tmp_path / "b" / "cache")
+    _, second = _trained(tmp_path / "b", tmp_path / "b" / "cache")
+    assert (first.action, second.action) == ("trained", "reused") and first.key == second.key

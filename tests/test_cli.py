@@ -82,6 +82,8 @@ def test_testing_without_a_checkpoint_says_the_prompts_are_untrained(data_root, 
                                          (["train", "--epochs", "-3"], "--epochs"),
                                          (["train", "--batch-size", "0"], "--batch-size"),
                                          (["test", "--method", "inctrl", "--shots", "0"], "--shots")])
+
+
 def test_zero_or_negative_counts_are_refused_not_replaced_by_defaults(args, option, capsys):
     assert cli.main([*args, "--profile", "smoke"]) == 2
     err = capsys.readouterr().err.strip()
@@ -363,6 +365,8 @@ def test_inctrl_trained_on_one_label_data_is_one_line_and_leaves_no_run_folder(n
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no anomalous ones" in errors[0] and "normals" in errors[0]
     assert not run.exists()
+
+
 def test_calibrate_then_predict_adds_decisions_and_refuses_another_checkpoints_calibration(tmp_path, write_image,
                                                                                            capsys):
     from zsadlab.anomalyclip import save_official_checkpoint

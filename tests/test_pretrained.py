@@ -152,6 +152,8 @@ def test_a_zsadlab_home_that_is_a_file_names_the_variable(tmp_path, monkeypatch,
     assert cli.main(["pull", "anomalyclip-mvtec", "--from", str(tmp_path / "x.pth")]) == 2
     err = capsys.readouterr().err
     assert "$ZSADLAB_HOME=" in err and "is a file" in err and "Free some space" not in err
+
+
 def test_the_registry_pins_the_official_vand_checkpoints_committed_to_vand_april_gan():
     base = "https://raw.githubusercontent.com/ByChelsea/VAND-APRIL-GAN/f13b8a634e04f9fde8fa03db125b25af5695d8e1/"
     assert PRETRAINED["vand-mvtec"].url == base + "exps/pretrained/mvtec_pretrained.pth"

@@ -1,4 +1,4 @@
-"""The ``zsadlab`` command line: ``zsadlab data|train|test|predict|calibrate|export|pull [options]``.
+"""The ``zsadlab`` command line: ``zsadlab data|train|test|predict|calibrate|export|pull|course [options]``.
 
 Each command is one builder function in ``COMMANDS`` that adds its sub-parser and
 sets ``func``; methods come from the registry (:mod:`zsadlab.methods`), never by name.
@@ -386,9 +386,23 @@ def add_pull_command(commands: argparse._SubParsersAction) -> None:
     pull.set_defaults(func=_pull)
 
 
+def _course(args: argparse.Namespace) -> int:
+    from . import course
+
+    return course.main(args.rest)
+
+
+def add_course_command(commands: argparse._SubParsersAction) -> None:
+    """``zsadlab course plan|train|pack|student|site|colab ...``: the course tools (:mod:`zsadlab.course`)."""
+    course = commands.add_parser("course", add_help=False,
+                                 help="plan, train and pack the series' runs for a class; student copies, site")
+    course.add_argument("rest", nargs=argparse.REMAINDER)
+    course.set_defaults(func=_course)
+
+
 COMMANDS: dict[str, Builder] = {"data": add_data_commands, "train": add_train_command, "test": add_test_command,
                                "predict": add_predict_command, "calibrate": add_calibrate_command,
-                               "export": add_export_command, "pull": add_pull_command}
+                               "export": add_export_command, "pull": add_pull_command, "course": add_course_command}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -403,6 +417,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``zsadlab`` console script; returns the exit status."""
     words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["course"]:  # its own parser (options included: `zsadlab course --help`)
+        from . import course
+
+        return course.main(words[1:])
     options = words[:words.index("--")] if "--" in words else words
     dashed = next((w for w in options if w.startswith("-") and w not in ("-", "--") and Path(w).exists()), None)
     if dashed is not None:  # argparse would read it as an unknown option

@@ -1,4 +1,9 @@
-"""Course tooling: student copies without solutions, Colab cells, the rendered site (``make student|site``).
+"""Course tooling: the series' trainings for a class, student copies, Colab cells, the rendered site.
+
+    zsadlab course plan [--profile P] [-p NAME VALUE ...] [--json FILE] [NOTEBOOK ...]
+    zsadlab course train [--plan FILE] [--workers N] [--executor local|slurm|submitit-local]
+    zsadlab course pack build OUT.tar [--plan FILE]
+    zsadlab course pack pull FILE|URL
 
     python -m zsadlab.course student --out build/student notebooks/*.ipynb
     python -m zsadlab.course site --out build/site notebooks/*.ipynb
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +28,7 @@ from typing import Sequence
 import nbformat
 from nbconvert.preprocessors import ClearOutputPreprocessor, TagRemovePreprocessor
 
-from .utils import write_text_atomic
+from .utils import check_writable, write_json_atomic, write_text_atomic
 
 # THE one place to change when the repository moves: Colab badges and the Colab set-up cell use it.
 REPO_URL = "https://github.com/zsadlab/zsadlab"
@@ -271,9 +277,146 @@ def run_tag(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- plan, train, pack
+SERIES_DIR = BOOK_TEMPLATE.parent / "notebooks"
+
+
+def _parameter_values(pairs: Sequence[Sequence[str]]) -> dict:
+    """``-p NAME VALUE`` pairs, each value parsed as JSON when it is (as ``run_notebooks`` does)."""
+    import json
+
+    values = {}
+    for name, value in pairs:
+        try:
+            values[name] = json.loads(value)
+        except ValueError:
+            values[name] = value
+    return values
+
+
+def _plan_runs(args: argparse.Namespace) -> list:
+    from .series import plan
+
+    overrides = _parameter_values(args.parameter)
+    if args.profile:
+        overrides["profile"] = args.profile
+    notebooks = notebook_paths(args.notebooks or [SERIES_DIR])
+    return plan(notebooks, overrides, cache=args.cache)
+
+
+def _read_plan(path: Path) -> dict:
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CourseError(f"{path}: not a readable plan ({err.__class__.__name__}); write one with "
+                          "`zsadlab course plan --json FILE`")
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise CourseError(f"{path}: not a course plan (no \"runs\" list); write one with `zsadlab course plan --json FILE`")
+    return data
+
+
+def _runs_of(args: argparse.Namespace) -> tuple[list[dict], str]:
+    """The plan's runs (from ``--plan`` or planned now) and its profile."""
+    if args.plan:
+        data = _read_plan(args.plan)
+        return data["runs"], data.get("profile", "?")
+    runs = [r.as_json() for r in _plan_runs(args)]
+    return runs, runs[0]["session"]["profile"] if runs else "?"
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from .series import plan_table
+
+    if args.json:
+        check_writable(args.json.parent)  # before planning (which builds every model)
+    runs = _plan_runs(args)
+    print(plan_table(runs))
+    if args.json:
+        write_json_atomic({"profile": runs[0].session["profile"] if runs else None,
+                           "runs": [r.as_json() for r in runs]}, args.json)
+        print(f"plan: {args.json}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .grid import train_plan
+
+    runs, _ = _runs_of(args)
+    report = train_plan(runs, executor=args.executor, workers=args.workers, logs=args.logs, cache=args.run_cache,
+                        data_root=args.data_root, gpus_per_run=args.gpus_per_run, partition=args.slurm_partition,
+                        time_min=args.time, device=args.device)
+    print(f"course train: {len(report['trained'])} trained, {len(report['skipped'])} already in the run cache, "
+          f"{len(report['failed'])} failed" + (f" (logs in {args.logs})" if report["failed"] else ""))
+    return 1 if report["failed"] else 0
+
+
+def run_pack_build(args: argparse.Namespace) -> int:
+    from .pack import build
+
+    runs, profile = _runs_of(args)
+    cache = Path(args.run_cache or (runs[0]["session"]["cache"] if runs else "runs/cache"))
+    record = build(args.out, runs, cache, args.reference, profile)
+    print(f"{args.out}: {len(record['runs'])} runs, reference tables from {args.reference}, profile {profile}")
+    return 0
+
+
+def run_pack_pull(args: argparse.Namespace) -> int:
+    from .notebook import CACHE
+    from .pack import pull
+    from .viz import resolve_path
+
+    cache = Path(args.run_cache) if args.run_cache else resolve_path(os.environ.get("ZSADLAB_CACHE", CACHE))
+    result = pull(args.source, cache)
+    print(f"{args.source}: {len(result['installed'])} runs installed, {len(result['present'])} already in {cache} "
+          f"(pack of {result['ledger'].get('profile')} profile, zsadlab {result['ledger'].get('zsadlab')}, "
+          f"commit {str(result['ledger'].get('commit'))[:10]})")
+    return 0
+
+
+def _plan_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("notebooks", nargs="*", type=Path, help="notebooks of the series (default: notebooks/)")
+    command.add_argument("--profile", default=None, help="the profile (default: each notebook's, i.e. auto)")
+    command.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                         help="a notebook parameter for every notebook (value parsed as JSON when possible)")
+    command.add_argument("--cache", default=None, help="the run cache (default $ZSADLAB_CACHE, else runs/cache)")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="python -m zsadlab.course", description=__doc__.splitlines()[0])
+    root = argparse.ArgumentParser(prog="zsadlab course", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True)
+    plan = commands.add_parser("plan", help="list every distinct training the series requests, with its cost")
+    _plan_options(plan)
+    plan.add_argument("--json", type=Path, default=None, help='write {"runs": [...]} here')
+    plan.set_defaults(func=run_plan)
+    train = commands.add_parser("train", help="train the plan's runs not yet in the run cache, side by side")
+    _plan_options(train)
+    train.add_argument("--plan", type=Path, default=None, help="a plan written by `course plan --json`")
+    train.add_argument("--workers", type=int, default=1, help="runs at once (local: one per GPU, or CPU processes)")
+    train.add_argument("--executor", default="local", choices=["local", "slurm", "submitit-local", "submitit-debug"])
+    train.add_argument("--slurm-partition", default=None)
+    train.add_argument("--gpus-per-run", type=int, default=1, help="> 1: each run is torchrun DDP inside its job")
+    train.add_argument("--time", type=int, default=240, help="time limit per run, minutes (SLURM)")
+    train.add_argument("--logs", type=Path, default=Path("build/course/logs"), help="one log per run here")
+    train.add_argument("--run-cache", default=None, help="train into this run cache instead of the plan's")
+    train.add_argument("--data-root", default=None, help="read the data here instead of the plan's data root")
+    train.add_argument("--device", default="auto")
+    train.set_defaults(func=run_train)
+    pack = commands.add_parser("pack", help="course packs: build one from the run cache, or pull one into it")
+    packs = pack.add_subparsers(dest="pack_command", required=True)
+    build = packs.add_parser("build", help="the plan's runs + the reference execution's tables, verified")
+    build.add_argument("out", type=Path)
+    _plan_options(build)
+    build.add_argument("--plan", type=Path, default=None)
+    build.add_argument("--reference", type=Path, default=Path("figures"),
+                       help="the reference execution's output folders (figures/<notebook>/)")
+    build.add_argument("--run-cache", default=None)
+    build.set_defaults(func=run_pack_build, notebooks=[])
+    pull = packs.add_parser("pull", help="verify a pack (file or URL) and install it into the run cache")
+    pull.add_argument("source")
+    pull.add_argument("--run-cache", default=None, help="default $ZSADLAB_CACHE, else runs/cache")
+    pull.set_defaults(func=run_pack_pull)
     student = commands.add_parser("student", help="student copies: solution cells removed, outputs cleared")
     student.add_argument("notebooks", nargs="+", type=Path)
     student.add_argument("--out", type=Path, default=Path("build/student"))
@@ -299,10 +442,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import UserError
+    from .utils import OutputError
+
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CourseError, subprocess.CalledProcessError) as err:
+    except (CourseError, UserError, OutputError, subprocess.CalledProcessError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

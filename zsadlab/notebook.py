@@ -14,6 +14,8 @@ notebook already ran (same method, config, data, seed, epochs and budget) is loa
 """
 from __future__ import annotations
 
+import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,13 +26,25 @@ import torch
 
 from . import engine, pretrained, viz
 from .data import AnomalyDataset, ensure_dataset
-from .engine.cache import CACHE_ENV, CachedRun, load_or_train, log_request
+from .engine.cache import CACHE_ENV, CachedRun, RunSpec, load_or_train, log_request, run_spec
 from .methods import get_method
+from .pack import installed_reference
 from .profiles import Profile, get_profile
 from .utils import pick_device, seed_everything
 
 COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "aupro_mvtec", "aupro_anomalyclip")
 CACHE = "runs/cache"  # the run cache, relative to the repository root
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """Training data named without a path: the registry dataset ``name`` under the session's data
+    root, or - with ``folder`` - its draw with ``seed`` in ``<data_root>/<folder>/`` (a generated
+    stand-in, e.g. notebook 07's held-out smoke images)."""
+
+    name: str
+    folder: str | None = None
+    seed: int = 0
 
 
 @dataclass
@@ -90,16 +104,45 @@ class Session:
         return self.budgeted(engine.dataset_for(model, root, recipe.training_split,
                                                 require_masks=recipe.require_masks))
 
-    def trained(self, method: str, train_name: str | Path | None = None, **changes) -> tuple[torch.nn.Module, CachedRun]:
+    def data(self, train: "str | Path | DataRef") -> Path:
+        """The root of training data ``train``: a registry name under ``data_root``, the path of a prepared
+        dataset, or a :class:`DataRef` (a generated stand-in in a subfolder of ``data_root``)."""
+        if isinstance(train, DataRef):
+            return self.root(train.name) if train.folder is None else \
+                ensure_dataset(train.name, self.data_root / train.folder, seed=train.seed)
+        return self.root(train) if isinstance(train, str) else Path(train)
+
+    def training(self, method: str, train_name: "str | Path | DataRef | None" = None,
+                 **changes) -> tuple[torch.nn.Module, AnomalyDataset, RunSpec]:
+        """What :meth:`trained` would train - the model, its training set and the run-cache
+        :class:`RunSpec` (key included) - without training: the one path :meth:`trained` and the
+        course plan (``zsadlab course plan``) share, so the plan's keys are the notebooks' keys."""
+        root = self.data(train_name or self.train_name)  # a missing dataset fails before any weights load
+        model = self.build(method, **changes)
+        data = self.training_set(root, model)
+        return model, data, run_spec(model, data, epochs=self.epochs, seed=self.seed,
+                                     max_steps_per_epoch=self.steps_per_epoch)
+
+    def trained(self, method: str, train_name: "str | Path | DataRef | None" = None,
+                **changes) -> tuple[torch.nn.Module, CachedRun]:
         """``method`` (with config ``changes``) trained on ``train_name`` (a registry name, or the path
         of a prepared dataset; default: the profile's auxiliary set) with its official recipe - or
-        loaded from the run cache if this exact training already ran in any notebook."""
-        model = self.build(method, **changes)
-        data = self.training_set(train_name or self.train_name, model)
+        loaded from the run cache if this exact training already ran in any notebook (or came in a
+        course pack: ``zsadlab course pack pull``)."""
+        model, data, _ = self.training(method, train_name, **changes)
         run = load_or_train(model, data, self.cache, epochs=self.epochs, seed=self.seed,
                             max_steps_per_epoch=self.steps_per_epoch)
         print(f"{method} on {Path(data.root).name}: {run.action} ({run.folder.name})")
         return model, run
+
+    def official_path(self, checkpoint_name: str | None, checkpoint: str | None = None) -> Path | None:
+        """The weights :meth:`official` loads instead of training: the user's ``checkpoint`` file, else
+        (meaningful profiles only) the pulled official checkpoint ``checkpoint_name`` (None: there is
+        none); None: train."""
+        path = viz.resolve_path(checkpoint) if checkpoint else None
+        if path is None and checkpoint_name and self.profile.meaningful and pretrained.available(checkpoint_name):
+            path = pretrained.path(checkpoint_name)
+        return path
 
     def official(self, checkpoint_name: str | None = None, method: str = "anomalyclip",
                  train_name: str | None = None, checkpoint: str | None = None, **changes):
@@ -112,9 +155,7 @@ class Session:
         Returns ``(model, action)`` with action ``"pulled"``, ``"trained"`` or ``"reused"``.
         """
         checkpoint_name = checkpoint_name or pretrained.official_for(method, train_name or self.train_name)
-        path = viz.resolve_path(checkpoint) if checkpoint else None
-        if path is None and checkpoint_name and self.profile.meaningful and pretrained.available(checkpoint_name):
-            path = pretrained.path(checkpoint_name)
+        path = self.official_path(checkpoint_name, checkpoint)
         if path is None:
             model, run = self.trained(method, train_name, **changes)
             return model, run.action
@@ -123,9 +164,44 @@ class Session:
         print(f"{method}: official weights from {path}")
         return model, "pulled"
 
+    def reference_run(self, table_name: str):
+        """The reference run's version of this notebook's table ``table_name``, from the installed course pack
+        (``zsadlab course pack pull``: the instructor's execution of the series with the same code - a
+        reference, neither a paper number nor this run), or None without a pack or that table.
+
+        ``table_name`` is a file the notebook writes into its output folder (``"loss_ablation.json"``; a
+        CSV comes back as a list of row dicts) or the name of a comparison figure, ``"<NN>_<table>"``
+        (``"02_dpam_ablation"``), for :func:`zsadlab.viz.plot_comparison`: then the notebook's
+        ``<table>.json`` as ``{"setting": {"metric": value in %}}`` - its ``mean`` or ``measured``
+        part where it has one, values in [0, 1] scaled to %."""
+        path = installed_reference(self.cache, self.out.name, table_name)
+        if path is not None and path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                return list(csv.DictReader(f))
+        if path is not None:
+            return json.loads(path.read_text(encoding="utf-8"))
+        stem = table_name.split("_", 1)[1] if table_name[:2].isdigit() and "_" in table_name else table_name
+        path = installed_reference(self.cache, self.out.name, stem + ".json")
+        return None if path is None else comparison_series(json.loads(path.read_text(encoding="utf-8")))
+
     def summary(self, table, columns: Sequence[str] = COLUMNS) -> dict[str, float]:
         """The mean row of a result table, restricted to ``columns`` (those the table has)."""
         return {c: table.mean[c] for c in columns if c in table.columns}
+
+
+def comparison_series(table) -> dict[str, dict[str, float]] | None:
+    """``table`` (a notebook's result JSON) as ``{"setting": {"metric": value in %}}``: its ``mean`` or
+    ``measured`` part where it has one; values all in [0, 1] are fractions and come back in %. None when
+    the table has another shape."""
+    if isinstance(table, dict) and len(table) > 1:
+        table = table.get("mean", table.get("measured", table))
+    if not (isinstance(table, dict) and table and all(isinstance(row, dict) for row in table.values())):
+        return None
+    rows = {setting: {m: v for m, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for setting, row in table.items()}
+    values = [v for row in rows.values() for v in row.values()]
+    scale = 100.0 if values and all(0.0 <= v <= 1.0 for v in values) else 1.0
+    return {setting: {m: scale * v for m, v in row.items()} for setting, row in rows.items()}
 
 
 def start(profile: str = "auto", device: str = "auto", data_root: str = "auto", output_dir: str = "figures",

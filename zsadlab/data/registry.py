@@ -258,6 +258,31 @@ PROTOCOLS = {  # name -> the official script(s) its converter reproduces; PROTOC
 
 REGISTRY: dict[str, DatasetEntry] = {entry.name: entry for entry in ENTRIES}
 
+# Public split sizes (images, classes) of the datasets the series trains on: what the course plan prices
+# a training with when the data is not prepared on this machine (a prepared dataset is counted instead).
+# MVTec AD and VisA: the AnomalyCLIP meta.json splits; TN3K: TRFE-Net's trainval/test; ColonDB: 380 images.
+SPLIT_IMAGES: dict[str, dict[str, int]] = {
+    "mvtec": {"train": 3629, "test": 1725, "classes": 15},
+    "visa": {"train": 8659, "test": 2162, "classes": 12},
+    "mpdd": {"train": 888, "test": 458, "classes": 6},
+    "btad": {"train": 1799, "test": 741, "classes": 3},
+    "tn3k": {"test": 614, "classes": 1},
+    "tn3k_trainval": {"test": 2879, "classes": 1},
+    "colondb": {"test": 380, "classes": 1},
+}
+
+
+def split_images(name: str, split: str, classes: int | None = None, max_images_per_class: int | None = None) -> int | None:
+    """Images in ``split`` of dataset ``name`` by its public split sizes (None: not recorded); the
+    ``inctrl_train`` pool is both splits; a budget keeps at most ``max_images_per_class`` of ``classes``."""
+    sizes = SPLIT_IMAGES.get(name)
+    if sizes is None:
+        return None
+    images = sizes.get("train", 0) + sizes["test"] if split == "inctrl_train" else sizes.get(split)
+    if images is None or max_images_per_class is None:
+        return images
+    return min(images, (classes or sizes["classes"]) * max_images_per_class)
+
 
 def names() -> list[str]:
     """Names of all registered datasets, in registry order."""

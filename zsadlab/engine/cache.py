@@ -1,10 +1,12 @@
 """Load-or-train: the run cache that keeps the series from training the same model twice.
 
 A training is identified by everything that decides its result: the method, its config, the
-training data (the dataset's folder, split and the exact list of images with their sizes, so a
-budget subset or another draw of a synthetic set is a different run), the seed, the epochs, the global batch,
-the step budget and the precision (``Method.precision`` on the model's device: fp16 autocast or fp32).
-:func:`training_key` turns that into a short digest and :func:`load_or_train` runs the one trainer (``engine.train``)
+training data (:func:`~.training.data_identity`: the dataset's name, split and the exact list of images -
+paths relative to the dataset's root - with their sizes, so a budget subset or another draw of a synthetic
+set is a different run, and the same data under another root or in another clone is the same run), the seed,
+the epochs, the global batch, the step budget and the precision (``Method.precision`` on the model's device:
+fp16 autocast or fp32). :func:`training_key` turns that into a short digest and :func:`load_or_train` runs
+the one trainer (``engine.train``)
 in ``<cache>/<method>-<digest>/``: a finished run is loaded from its resume state instead of
 trained again, an interrupted one resumes after its last completed epoch. An entry has one writer at a
 time (the run folder's lock, :func:`~zsadlab.engine.training.run_folder`): a second process asking for
@@ -27,7 +29,7 @@ from typing import Any
 
 from ..utils import write_json_atomic
 from .building import device_of, method_of, precision_of
-from .training import completed_epochs, configure_for, is_main_process, run_folder, train
+from .training import completed_epochs, configure_for, data_identity, is_main_process, run_folder, train
 
 TRAININGS_LOG_ENV = "ZSADLAB_TRAININGS_LOG"
 NOTEBOOK_ENV = "ZSADLAB_NOTEBOOK"
@@ -64,15 +66,6 @@ def training_key(**parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def data_identity(dataset) -> dict:
-    """What a training reads: the dataset's folder, the split and a digest of its images' relative
-    paths and sizes (so a budget subset, or another draw of a synthetic set, is other data)."""
-    root = Path(dataset.root).resolve()
-    files = sorted((str(Path(s.path).relative_to(dataset.root)), Path(s.path).stat().st_size) for s in dataset.samples)
-    return {"root": str(root), "split": dataset.split, "images": len(files),
-            "files": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]}
-
-
 def log_request(key: str, action: str) -> None:
     """Append ``{"notebook", "key", "action"}`` to the file named by ``ZSADLAB_TRAININGS_LOG`` (if set)."""
     if action not in ACTIONS:
@@ -86,15 +79,33 @@ def log_request(key: str, action: str) -> None:
     write_json_atomic(entries, path)
 
 
-def load_or_train(model, dataset, cache_dir: str | Path, epochs: int | None = None, batch_size: int | None = None,
-                  seed: int | None = None, max_steps_per_epoch: int | None = None, progress: bool = True,
-                  amp: bool | None = None, **plan_options) -> CachedRun:
-    """Train ``model`` on ``dataset`` with :func:`engine.train`, unless this exact training is in the cache.
+@dataclass(frozen=True)
+class RunSpec:
+    """One training as the run cache knows it: its ``key`` and the values :func:`engine.train` runs with."""
 
-    ``None`` arguments take the method's official values (as :func:`engine.train`). The model
-    ends up holding the trained parts either way; ``action`` says whether they were trained now
-    (``"trained"``, also when an interrupted run was resumed) or loaded (``"reused"``).
-    """
+    key: str
+    method: str
+    epochs: int
+    batch_size: int
+    seed: int
+    max_steps_per_epoch: int | None
+    precision: str
+    options: dict
+
+    def folder(self, cache_dir: str | Path) -> Path:
+        """The run folder of this training in the cache ``cache_dir``."""
+        return Path(cache_dir) / f"{self.method}-{self.key}"
+
+    def done(self, cache_dir: str | Path) -> bool:
+        """Has this training completed all its epochs in ``cache_dir``?"""
+        return completed_epochs(self.folder(cache_dir)) >= self.epochs
+
+
+def run_spec(model, dataset, epochs: int | None = None, batch_size: int | None = None, seed: int | None = None,
+             max_steps_per_epoch: int | None = None, amp: bool | None = None, **plan_options) -> RunSpec:
+    """The :class:`RunSpec` of training ``model`` on ``dataset`` (``None``: the method's official values,
+    as :func:`engine.train`; the recipe's choices for this training set applied to the model first,
+    :func:`~.training.configure_for`) - what :func:`load_or_train` keys the cache by, computed without training."""
     spec = method_of(model)
     configure_for(model, dataset)  # the recipe's choices for this training set, so they are in the key
     epochs = epochs or model.config.epochs
@@ -104,10 +115,23 @@ def load_or_train(model, dataset, cache_dir: str | Path, epochs: int | None = No
     key = training_key(method=spec.name, config=model.config, data=data_identity(dataset), seed=seed, epochs=epochs,
                        batch_size=batch_size, max_steps_per_epoch=max_steps_per_epoch, precision=precision,
                        options=plan_options)
-    folder = Path(cache_dir) / f"{spec.name}-{key}"
+    return RunSpec(key, spec.name, epochs, batch_size, seed, max_steps_per_epoch, precision, dict(plan_options))
+
+
+def load_or_train(model, dataset, cache_dir: str | Path, epochs: int | None = None, batch_size: int | None = None,
+                  seed: int | None = None, max_steps_per_epoch: int | None = None, progress: bool = True,
+                  amp: bool | None = None, **plan_options) -> CachedRun:
+    """Train ``model`` on ``dataset`` with :func:`engine.train`, unless this exact training is in the cache.
+
+    ``None`` arguments take the method's official values (as :func:`engine.train`). The model
+    ends up holding the trained parts either way; ``action`` says whether they were trained now
+    (``"trained"``, also when an interrupted run was resumed) or loaded (``"reused"``).
+    """
+    run = run_spec(model, dataset, epochs, batch_size, seed, max_steps_per_epoch, amp=amp, **plan_options)
+    folder = run.folder(cache_dir)
     with run_folder(folder, is_main_process()):  # one writer per entry: another process gets one line, not a mix
-        action = "reused" if completed_epochs(folder) >= epochs else "trained"
-        history = train(model, dataset, epochs, batch_size, out_dir=folder, resume=True, seed=seed, amp=amp,
-                        max_steps_per_epoch=max_steps_per_epoch, progress=progress, **plan_options)
-    log_request(key, action)
-    return CachedRun(key, folder, history, action)
+        action = "reused" if run.done(cache_dir) else "trained"
+        history = train(model, dataset, run.epochs, run.batch_size, out_dir=folder, resume=True, seed=run.seed,
+                        amp=amp, max_steps_per_epoch=max_steps_per_epoch, progress=progress, **plan_options)
+    log_request(run.key, action)
+    return CachedRun(run.key, folder, history, action)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -159,15 +160,26 @@ def _global_mean(values: dict[str, float], ranks: Ranks) -> dict[str, float]:
 # --- run folder ----------------------------------------------------------------------------------
 
 
+def data_identity(dataset) -> dict:
+    """What a training reads, independent of where it lies: the dataset's name (its root folder's name,
+    the registry name under a data root), the split, the number of images and a digest of their paths
+    relative to the root and their sizes (so a budget subset, or another draw of a synthetic set, is other
+    data, and the same data in another clone or data root is the same). Never an absolute path."""
+    root = Path(dataset.root)
+    files = sorted((Path(s.path).relative_to(root).as_posix(), Path(s.path).stat().st_size) for s in dataset.samples)
+    return {"name": root.resolve().name, "split": dataset.split, "images": len(files),
+            "files": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]}
+
+
 def _identity(spec: Method, model, dataset, seed: int, batch_size: int, precision: str) -> dict:
-    """What a run is, as JSON values: method, config, dataset, seed, global batch size, precision."""
+    """What a run is, as JSON values: method, config, dataset (:func:`data_identity` where the dataset
+    has a root and samples), seed, global batch size, precision. No absolute path: a run folder moves
+    between machines."""
     config = dataclasses.asdict(model.config) if dataclasses.is_dataclass(model.config) else {}
-    root = getattr(dataset, "root", None)
-    return json.loads(json.dumps({
-        "method": spec.name, "config": config, "seed": seed, "batch_size": batch_size, "precision": precision,
-        "dataset": {"root": str(Path(root).resolve()) if root else None, "split": getattr(dataset, "split", None),
-                    "images": len(dataset)},
-    }))
+    data = (data_identity(dataset) if getattr(dataset, "root", None) and hasattr(dataset, "samples")
+            else {"split": getattr(dataset, "split", None), "images": len(dataset)})
+    return json.loads(json.dumps({"method": spec.name, "config": config, "seed": seed, "batch_size": batch_size,
+                                  "precision": precision, "dataset": data}))
 
 
 def run_record(out_dir: str | Path) -> dict | None:
