@@ -1,14 +1,17 @@
 # Course targets (issue #13), included at the end of the Makefile; uses its PY, STAMP, VENV, NOTEBOOKS.
 #   make student        student copies of notebooks/ without solution cells, outputs cleared -> build/student/
-#   make site           Jupyter Book of the executed notebooks (make notebooks) -> build/site/_build/html/
+#   make site           Jupyter Book of the executed notebooks (make notebooks) -> build/site/_build/html/:
+#                       the public site, every solution cell removed and no instructor guide
+#   make site-instructor  the same with the solutions and docs/INSTRUCTOR.md -> build/site-instructor/ (keep private)
 #   make test-browser   notebook 09's widgets in JupyterLab + headless Chromium (not part of make test)
 STUDENT_DIR := build/student
 SITE_DIR    := build/site
+INSTRUCTOR_SITE_DIR := build/site-instructor
 # Debian's Chromium (never `playwright install`: it downloads a browser). Root installs it directly.
 CHROMIUM    ?= /usr/bin/chromium
 APT_GET     := $(if $(filter 0,$(shell id -u)),apt-get,sudo apt-get)
 
-.PHONY: student site test-browser
+.PHONY: student site site-instructor test-browser
 
 student: $(STAMP)
 	$(PY) -m zsadlab.course student --out $(STUDENT_DIR) $(NOTEBOOKS)
@@ -18,6 +21,11 @@ site: $(STAMP)
 	@$(PY) -c "import jupyter_book" 2>/dev/null || $(PY) -m pip install --quiet -e ".[site]"
 	$(PY) -m zsadlab.course site --executed build/notebooks --fallback tests/notebooks/baselines \
 		--out $(SITE_DIR) --jupyter-book $(VENV)/bin/jupyter-book $(NOTEBOOKS)
+
+site-instructor: $(STAMP)
+	@$(PY) -c "import jupyter_book" 2>/dev/null || $(PY) -m pip install --quiet -e ".[site]"
+	$(PY) -m zsadlab.course site --instructor --executed build/notebooks --fallback tests/notebooks/baselines \
+		--out $(INSTRUCTOR_SITE_DIR) --jupyter-book $(VENV)/bin/jupyter-book $(NOTEBOOKS)
 
 test-browser: $(STAMP)
 	@test -x $(CHROMIUM) || $(APT_GET) install -y chromium chromium-driver

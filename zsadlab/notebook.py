@@ -125,6 +125,19 @@ class Session:
         print(f"{method}: official weights from {path}")
         return model, "pulled"
 
+    @property
+    def smoke(self) -> bool:
+        """True when the numbers are not meaningful (tiny random CLIPs, synthetic data): every comparison
+        figure then draws the published values as its primary series and this run as a pipeline check."""
+        return not self.profile.meaningful
+
+    def reference_run(self, table_name: str) -> dict[str, dict[str, float]] | None:
+        """The result table ``table_name`` (``{"setting": {"metric": value in %}}``) of a reference
+        execution of the series - the one an installed course pack ships - for the "reference run"
+        series of :func:`zsadlab.viz.plot_comparison`; ``None`` when no reference execution is installed
+        (always, until course packs provide one)."""
+        return None
+
     def summary(self, table, columns: Sequence[str] = COLUMNS) -> dict[str, float]:
         """The mean row of a result table, restricted to ``columns`` (those the table has)."""
         return {c: table.mean[c] for c in columns if c in table.columns}
