@@ -82,3 +82,12 @@ def test_checkpoint_from_another_architecture_is_named_with_the_fix(clip, tmp_pa
     torch.save({"weights": 1}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="prompt_learner"):
         load_official_checkpoint(AnomalyCLIP(clip, TINY), tmp_path / "other.pth")
+
+
+def test_variant_switches_dpam_at_inference_without_touching_the_trained_model(clip):
+    model = AnomalyCLIP(clip, TINY)
+    view = model.variant(dpam_mode="qq")
+    assert model.config.dpam_mode == "vv" and view.config.dpam_mode == "qq"
+    assert view.prompt_learner is model.prompt_learner and view.clip is model.clip
+    x = torch.rand(1, 3, 112, 112)
+    assert not torch.allclose(model.predict(x, "bottle")[1], view.predict(x, "bottle")[1])

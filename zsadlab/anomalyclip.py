@@ -24,6 +24,7 @@ default.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,14 @@ class AnomalyCLIP(nn.Module):
             self.prompt_learner.requires_grad_(False)
         self._ensemble_cache: dict[str, torch.Tensor] = {}
         self._learned_cache: dict[tuple, torch.Tensor] = {}
+
+    def variant(self, **changes) -> "AnomalyCLIP":
+        """This model with inference-time config ``changes`` (e.g. ``dpam_mode="qq"``): a second view
+        sharing the same frozen CLIP and trained prompt learner, so nothing is copied or retrained
+        and this model's own config is left as it is."""
+        twin = copy.copy(self)
+        twin.config = self.config.replace(**changes)
+        return twin
 
     def train(self, mode: bool = True) -> "AnomalyCLIP":
         super().train(mode)

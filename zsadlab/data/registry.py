@@ -249,6 +249,11 @@ PROTOCOLS = {  # name -> the official script(s) its converter reproduces; PROTOC
 REGISTRY: dict[str, DatasetEntry] = {entry.name: entry for entry in ENTRIES}
 
 
+# The 17 datasets of the AnomalyCLIP paper's zero-shot tables (Table 1: industrial, Table 2: medical).
+ANOMALYCLIP_BENCHMARK = ("mvtec", "visa", "mpdd", "btad", "sdd", "dagm", "dtd_synthetic",
+                         "headct", "brainmri", "br35h", "covid19", "isic", "colondb", "clinicdb", "kvasir", "endo", "tn3k")
+
+
 def names() -> list[str]:
     """Names of all registered datasets, in registry order."""
     return list(REGISTRY)

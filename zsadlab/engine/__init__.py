@@ -26,6 +26,7 @@ from .evaluation import (
     pixel_inputs,
     predict_dataset,
     prompt_set_path,
+    support_set,
     test,
 )
 from .prediction import predict_images
@@ -35,5 +36,5 @@ __all__ = [
     "FEWSHOT_METRICS", "METRIC_COLUMNS", "FewShotPredictor", "ResultTable", "anomalyclip_config", "build_model",
     "class_metrics", "class_predictions", "completed_epochs", "dataset_for", "evaluate", "evaluate_fewshot", "fewshot_prompts", "fit",
     "is_main_process", "load_checkpoint", "load_or_sample_prompt_set", "method_of", "pixel_inputs", "predict_dataset",
-    "predict_images", "prompt_set_path", "run_record", "test", "train", "train_inctrl",
+    "predict_images", "prompt_set_path", "run_record", "support_set", "test", "train", "train_inctrl",
 ]

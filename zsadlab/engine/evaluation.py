@@ -280,16 +280,22 @@ def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset | N
     return table
 
 
+def support_set(model, root) -> AnomalyDataset | None:
+    """Where the few-shot sample prompts of the dataset at ``root`` come from, as ``model`` reads
+    it: its training split (train/good), or ``None`` when it has none - then :func:`evaluate_fewshot`
+    draws them from the test split's normal images and leaves them out of the queries."""
+    try:
+        return dataset_for(model, root, split="train")
+    except DatasetError:
+        return None
+
+
 def test(model, root, shots: int = 4, seeds: Sequence[int] = (0,), out_dir=None) -> ResultTable:
     """The method's evaluation protocol on the prepared dataset at ``root``: the zero-shot table,
     or for a few-shot method the table over prompt seeds (prompt sets saved in ``out_dir/prompts``)."""
     if not method_of(model).few_shot:
         return evaluate(model, dataset_for(model, root))
-    try:
-        support = dataset_for(model, root, split="train")
-    except DatasetError:  # no training split: the prompts come from the test split's normal images
-        support = None
-    return evaluate_fewshot(model, dataset_for(model, root), support, shots=shots, seeds=seeds,
+    return evaluate_fewshot(model, dataset_for(model, root), support_set(model, root), shots=shots, seeds=seeds,
                             prompt_dir=Path(out_dir or "runs") / "prompts")
 
 
