@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .data.registry import ANOMALYCLIP_BENCHMARK
+
 TABLE = Path(__file__).with_name("references.csv")
+ANOMALYCLIP_TABLES = ANOMALYCLIP_BENCHMARK  # the datasets of the AnomalyCLIP paper's Tables 1-2, in its order
 NOT_REPORTED = "not reported"
 FIELDS = ("method", "dataset", "metric", "setting", "value", "source", "note")
 

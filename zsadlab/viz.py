@@ -408,25 +408,31 @@ def plot_loss_curves(histories: Mapping[str, Sequence[float]], title: str = "Tra
 
 def plot_k_shot(results: Mapping[str, Mapping[int, Sequence[float]]], title: str = "Few-shot curves",
                 ylabel: str = "image AUROC (%)", reference: Mapping[str, Mapping[int, float]] | None = None,
-                hlines: Mapping[str, float] | None = None, percent: bool = True) -> plt.Figure:
+                hlines: Mapping[str, float] | None = None, percent: bool = True, smoke: bool = False) -> plt.Figure:
     """``{"method": {k: [value per seed]}}`` -> mean line with a shaded min-max band over the seeds
-    (both named in the legend); optional dashed reference curves (``{"name": {k: value}}``) and
-    horizontal lines (``{"name": value}``). Values in [0, 1] are drawn in % when ``percent``; the
-    legend sits to the right of the axes, off the data."""
+    (both named in the legend); optional reference curves - published values, already in % -
+    (``{"name": {k: value}}``) and horizontal lines (``{"name": value}``). Measured values in [0, 1]
+    are drawn in % when ``percent``. With ``smoke=True`` the measured curves are faded and named
+    a pipeline check, and the published curves are the primary, solid ones. The legend sits to
+    the right of the axes, off the data."""
     scale = 100.0 if percent else 1.0
     fig, ax = plt.subplots(figsize=(8.4, 3.8), constrained_layout=True)
+    for name, per_k in (reference or {}).items():
+        ks = sorted(per_k)
+        ax.plot(ks, [per_k[k] for k in ks], ls="-" if smoke else "--", lw=2.5 if smoke else 1.5, marker="s",
+                label=f"{name} (published, not produced here)")
+    run = f" - {SMOKE_SERIES}" if smoke else ""
     for name, per_k in results.items():
         ks = sorted(per_k)
         vals = [scale * np.asarray(per_k[k], dtype=float) for k in ks]
-        line, = ax.plot(ks, [v.mean() for v in vals], marker="o", label=f"{name}: mean over {len(vals[0])} prompt seeds")
-        ax.fill_between(ks, [v.min() for v in vals], [v.max() for v in vals], alpha=0.2, color=line.get_color(),
-                        label=f"{name}: min-max over seeds")
-    for name, per_k in (reference or {}).items():
-        ks = sorted(per_k)
-        ax.plot(ks, [scale * per_k[k] for k in ks], ls="--", marker="x", label=f"{name} (reference, not produced here)")
+        line, = ax.plot(ks, [v.mean() for v in vals], marker="o", ls=":" if smoke else "-", alpha=0.5 if smoke else 1.0,
+                        label=f"{name}{run}: mean over {len(vals[0])} prompt seeds")
+        ax.fill_between(ks, [v.min() for v in vals], [v.max() for v in vals], alpha=0.1 if smoke else 0.2,
+                        color=line.get_color(), label=f"{name}{run}: min-max over seeds")
     for name, value in (hlines or {}).items():
-        ax.axhline(scale * value, ls=":", c="grey", label=name)
-    ax.set(title=title, xlabel="k (normal shots)", ylabel=ylabel)
+        ax.axhline(scale * value, ls=":", c="grey", label=name + run)
+    ax.set(title=title + (f"\nSMOKE: faded curves are a {SMOKE_SERIES}, not a result" if smoke else ""),
+           xlabel="k (normal shots)", ylabel=ylabel)
     ax.set_xticks(sorted({k for d in results.values() for k in d}))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return fig

@@ -21,6 +21,7 @@ from .evaluation import (
     class_predictions,
     evaluate,
     evaluate_fewshot,
+    fewshot_outputs,
     fewshot_prompts,
     load_or_sample_prompt_set,
     pixel_inputs,
@@ -34,7 +35,7 @@ from .training import completed_epochs, fit, is_main_process, run_record, train,
 
 __all__ = [
     "FEWSHOT_METRICS", "METRIC_COLUMNS", "FewShotPredictor", "ResultTable", "anomalyclip_config", "build_model",
-    "class_metrics", "class_predictions", "completed_epochs", "dataset_for", "evaluate", "evaluate_fewshot", "fewshot_prompts", "fit",
+    "class_metrics", "class_predictions", "completed_epochs", "dataset_for", "evaluate", "evaluate_fewshot", "fewshot_outputs", "fewshot_prompts", "fit",
     "is_main_process", "load_checkpoint", "load_or_sample_prompt_set", "method_of", "pixel_inputs", "predict_dataset",
     "predict_images", "prompt_set_path", "run_record", "support_set", "test", "train", "train_inctrl",
 ]
