@@ -1,6 +1,7 @@
 """zsadlab.course: student copies, Colab cells and the site's sources, on small notebooks made with nbformat."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -247,3 +248,17 @@ def test_command_line_names_a_missing_notebook_in_one_line(tmp_path, capsys):
     assert course.main(["student", "--out", str(tmp_path), str(tmp_path / "nope.ipynb")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope.ipynb" in err
+
+
+def test_student_facing_text_cites_no_document_students_lack_and_carries_no_authoring_note():
+    repo = Path(course.__file__).resolve().parent.parent
+    pattern = re.compile(r"seed write-?up|could not be read|no readable copy|not visible|SPEC §|issue #", re.I)
+    texts = {p: p.read_text() for p in [*sorted((repo / "notebooks").glob("*.ipynb")), *sorted((repo / "docs").rglob("*.md"))]}
+    assert {p.name: pattern.findall(t) for p, t in texts.items() if pattern.search(t)} == {}
+
+
+def test_no_exercise_text_gives_its_answer_away():
+    for path in sorted((Path(course.__file__).resolve().parent.parent / "notebooks").glob("*.ipynb")):
+        text = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "markdown")
+        exercises = text[text.find("## Exercises"):] if "## Exercises" in text else ""
+        assert not re.search(r"\bExpected\b|Depends on your run", exercises), path.name

@@ -71,3 +71,54 @@ def test_musc_rows_are_in_the_table():
 
 def test_inctrl_k_shot_rows_cover_two_four_and_eight_shots():
     assert [references.lookup("inctrl", "visa", "image_auroc", f"shots={k}").value for k in (2, 4, 8)] == [85.8, 87.7, 88.7]
+
+
+# --- the notebooks draw every published value from the table ------------------------------------------------------
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import nbformat  # noqa: E402
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+NUMBER = re.compile(r"(?<![\w.])\d{2,3}\.\d{1,2}(?![\w.])")  # 74.1, 13.71: the shape of a published percentage
+# Timings quoted in the cost statements (minutes per epoch, frames per second): not metrics, so not in the table.
+TIMINGS = {13.71, 13.7, 12.25, 12.3, 13.2}
+# The notebooks that compare with published values (the others show none).
+COMPARING = ("01_", "02_", "03_", "04_", "05_", "06_", "07_", "08_")
+
+
+def _cells(path):
+    return [(cell.cell_type, cell.metadata.get("tags", []), cell.source) for cell in nbformat.read(path, as_version=4).cells]
+
+
+def _published() -> set[float]:
+    return {round(r.value, 1) for r in references.load_references()} | {round(r.value, 2) for r in references.load_references()}
+
+
+def test_notebook_code_never_hard_codes_a_published_value():
+    published = _published()
+    for path in NOTEBOOKS:
+        for kind, tags, source in _cells(path):
+            if kind != "code" or "parameters" in tags or "solution" in tags:
+                continue
+            literals = [float(m) for m in NUMBER.findall(source)]
+            assert not [v for v in literals if v in published], f"{path.name}: a published value typed into code"
+
+
+def test_every_percentage_a_notebook_states_is_in_the_reference_table():
+    published = _published()
+    for path in NOTEBOOKS:
+        for kind, _, source in _cells(path):
+            if kind == "markdown":
+                stray = [m for m in NUMBER.findall(source) if float(m) not in published | TIMINGS]
+                assert not stray, f"{path.name}: {stray} stated in the text but not in zsadlab/references.csv"
+
+
+def test_notebooks_that_compare_with_papers_read_the_table_and_label_smoke_runs():
+    for path in NOTEBOOKS:
+        code = "\n".join(source for kind, _, source in _cells(path) if kind == "code")
+        if path.name.startswith(COMPARING):
+            assert "references." in code, f"{path.name} shows published values without zsadlab.references"
+        assert not re.search(r"plot_bars\((?:[^()]|\([^()]*\))*reference=", code), f"{path.name}: use plot_comparison"
+        for call in re.findall(r"plot_(?:comparison|k_shot)\((?:[^()]|\([^()]*\))*\)", code, flags=re.S):
+            assert "smoke=S.smoke" in call, f"{path.name}: a comparison figure that does not mark smoke runs"
