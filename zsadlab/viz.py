@@ -372,7 +372,7 @@ def plot_comparison(this_run: Mapping[str, Mapping[str, float]],
         ax.bar_label(bars, labels=["" if h is None else fmt % h for h in heights], fontsize=7, padding=1)
         for xi, metric, h in zip(x, metrics, heights):
             if kind == "paper" and h is None and metric in row:
-                ax.text(xi, (ylim or (0, 1))[0], NOT_REPORTED, rotation=90, ha="center", va="bottom", fontsize=7)
+                ax.text(xi, ylim[0] if ylim else 0.0, NOT_REPORTED, rotation=90, ha="center", va="bottom", fontsize=7)
                 flagged = True
     ax.set_xticks(np.arange(len(metrics)), metrics)
     heading = title + (f"\nSMOKE: faded bars are a {SMOKE_SERIES}, not a result" if smoke else "")
