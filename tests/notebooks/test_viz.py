@@ -57,7 +57,7 @@ FIGURES = {
     "bars": lambda: viz.plot_bars({"x": {"m": 0.5, "n": 0.6}}, reference={"paper": {"m": 0.9}}),
     "comparison": lambda: viz.plot_comparison({"x": {"m": 50.0}}, paper={"x": {"m": 90.0}}, smoke=True),
     "loss": lambda: viz.plot_loss_curves({"a": [3.0, 2.0, 1.0]}, smooth=2),
-    "k_shot": lambda: viz.plot_k_shot({"m": {2: [0.5, 0.6], 4: [0.7, 0.8]}}, reference={"p": {2: 0.8}}, hlines={"z": 0.5}),
+    "k_shot": lambda: viz.plot_k_shot({"m": {2: [0.5, 0.6], 4: [0.7, 0.8]}}, reference={"p": {2: 80.0}}, hlines={"z": 0.5}),
     "confusion": lambda: viz.plot_confusion_matrix(np.array([[5, 1], [2, 4]]), threshold=0.5),
     "thresholds": lambda: viz.plot_thresholds(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1]), {"F1-max": 0.5}),
     "histogram": lambda: viz.plot_score_histogram(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])),
@@ -144,3 +144,11 @@ def test_comparison_says_not_reported_where_the_paper_gives_no_value():
     fig = viz.plot_comparison({"a": {"m": 40.0, "n": 30.0}}, paper={"a": {"m": 95.5, "n": None}})
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert viz.NOT_REPORTED in texts and any("not reported" in t for t in _legend_texts(fig))
+
+
+def test_k_shot_in_smoke_names_the_measured_curves_a_pipeline_check():
+    fig = viz.plot_k_shot({"InCTRL": {2: [0.5, 0.6], 4: [0.7, 0.8]}}, reference={"InCTRL, paper": {2: 85.8, 4: 87.7}},
+                          smoke=True)
+    labels = _legend_texts(fig)
+    assert labels[0].startswith("InCTRL, paper")
+    assert all(viz.SMOKE_SERIES in label for label in labels[1:])
