@@ -382,7 +382,7 @@ def plot_comparison(this_run: Mapping[str, Mapping[str, float]],
     handles, labels = ax.get_legend_handles_labels()
     if flagged:
         handles.append(plt.Rectangle((0, 0), 0, 0, fill=False, edgecolor="none"))
-        labels.append(f"{NOT_REPORTED} = not reported by the paper")
+        labels.append(f"{NOT_REPORTED} = not reported (no published value in zsadlab.references)")
     ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
