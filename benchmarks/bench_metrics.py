@@ -1,4 +1,5 @@
-"""Benchmark of zsadlab.metrics.aupro on a realistic test set (SPEC §4).
+"""Benchmark of zsadlab.metrics.aupro on a realistic test set (the MVTec AUPRO definition of
+Bergmann et al., IJCV 2021).
 
 - ``mvtec`` (exact curve) against a straightforward per-threshold implementation of the same
   definition written below: 200 thresholds like the official AnomalyCLIP code, masks labelled

@@ -8,11 +8,25 @@ TINY = AnomalyCLIPConfig(features=(2, 4, 6, 8), dpam_blocks=5, image_size=112)
 
 
 def test_presets_are_the_paper_baselines():
-    assert preset_config("coop", TINY).dpam_mode is None and preset_config("coop", TINY).depth == 1
-    assert not preset_config("coop", TINY).object_agnostic
-    assert preset_config("clip_ac", TINY).text_source == "ensemble"
+    coop = preset_config("coop", TINY)
+    assert coop.dpam_mode is None and coop.depth == 1 and not coop.object_agnostic
+    assert coop.loss == "global"  # CoOp proper: class-name prompts, image-level cross-entropy only
     clip_cfg = preset_config("clip", TINY)
+    assert clip_cfg.text_source == "plain"
     assert clip_cfg.global_ln_post and clip_cfg.features == (8,) and clip_cfg.dpam_mode is None
+
+
+def test_clip_ac_differs_from_clip_only_in_its_prompts():
+    clip_cfg, clip_ac = preset_config("clip", TINY), preset_config("clip_ac", TINY)
+    assert clip_ac.text_source == "ensemble"
+    assert clip_ac.replace(text_source="plain") == clip_cfg
+
+
+def test_clip_and_clip_ac_give_different_maps(clip):
+    x = torch.rand(2, 3, 112, 112)
+    plain = AnomalyCLIP(clip, preset_config("clip", TINY)).predict(x, ["bottle", "bottle"])
+    ensemble = AnomalyCLIP(clip, preset_config("clip_ac", TINY)).predict(x, ["bottle", "bottle"])
+    assert not torch.allclose(plain[1], ensemble[1])
 
 
 def test_default_config_is_the_published_one_block_24_and_lam_4():
@@ -76,3 +90,12 @@ def test_a_coop_checkpoint_given_to_anomalyclip_and_the_reverse_says_which_it_is
         load_official_checkpoint(models["coop"], tmp_path / "anomalyclip.pth")
     for name, model in models.items():
         load_official_checkpoint(model, tmp_path / f"{name}.pth")
+
+
+def test_variant_switches_dpam_at_inference_without_touching_the_trained_model(clip):
+    model = AnomalyCLIP(clip, TINY)
+    view = model.variant(dpam_mode="qq")
+    assert model.config.dpam_mode == "vv" and view.config.dpam_mode == "qq"
+    assert view.prompt_learner is model.prompt_learner and view.clip is model.clip
+    x = torch.rand(1, 3, 112, 112)
+    assert not torch.allclose(model.predict(x, "bottle")[1], view.predict(x, "bottle")[1])

@@ -22,14 +22,14 @@ def test_same_seed_gives_byte_identical_files(name, tmp_path):
     assert _files(prepare(name, out=tmp_path / "c", seed=8)) != _files(first)
 
 
-def test_industrial_set_has_3_classes_of_8_train_6_good_8_defective(synthetic_industrial_root):
+def test_industrial_set_has_3_classes_of_16_train_6_good_8_defective(synthetic_industrial_root):
     test = AnomalyDataset(synthetic_industrial_root, "test", image_size=None, require_masks=True)
     assert test.classes == ["brick", "coffee", "gravel"]
     for cls in test.classes:
         sub = test.subset(cls)
         assert (len(sub), int(sub.labels.sum())) == (14, 8)
         assert {s.defect for s in sub.samples if s.label} == set(DEFECTS)
-    assert len(AnomalyDataset(synthetic_industrial_root, "train")) == 24
+    assert len(AnomalyDataset(synthetic_industrial_root, "train")) == 48
     assert test[0]["image"].shape == (3, SIZE, SIZE)
 
 
@@ -74,3 +74,16 @@ def test_ensure_dataset_on_a_missing_real_set_gives_the_prepare_command(tmp_path
 def test_ensure_dataset_rejects_unknown_names_listing_known_ones(tmp_path):
     with pytest.raises(DatasetError, match="synthetic_industrial"):
         ensure_dataset("imagenet", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["synthetic_industrial", "synthetic_ultrasound"])
+def test_few_shot_prompt_sets_differ_between_seeds_at_every_k_of_the_series(name, tmp_path):
+    from zsadlab.engine import load_or_sample_prompt_set
+
+    train = AnomalyDataset(ensure_dataset(name, tmp_path, seed=0), "train", image_size=None)
+    for cls in train.classes:
+        normals = sorted(str(s.path.relative_to(train.root)) for s in train.samples if s.class_name == cls)
+        for shots in (2, 4, 8):  # notebook 08's shots_list, with its prompt seeds 0, 1, 2
+            drawn = [frozenset(load_or_sample_prompt_set(tmp_path / "prompts", name, cls, shots, seed, normals))
+                     for seed in (0, 1, 2)]
+            assert len(set(drawn)) == 3, (cls, shots)

@@ -1,4 +1,5 @@
-"""Specification of zsadlab.metrics (SPEC §4, fixtures §5.6).
+"""Specification of zsadlab.metrics (the MVTec AUPRO definition of Bergmann et al., IJCV 2021;
+fixtures/anomalyclip §5.6).
 
 Hand-computed cases first, then agreement with scikit-learn and with slow, obviously-correct
 reference implementations written here, then the error messages for bad inputs.
@@ -20,7 +21,7 @@ def strip(values, masks):
 
 # ----------------------------------------------------------------------------- slow references
 def brute_force_mvtec_aupro(maps, masks, fpr_limit=0.3):
-    """SPEC §4 straight from the definition: one threshold per distinct score, from high to low."""
+    """The MVTec AUPRO straight from its definition: one threshold per distinct score, from high to low."""
     regions = [(i, labels == r)  # (image, region mask [H, W])
                for i, labels in enumerate(skimage.measure.label(m, connectivity=2) for m in masks)
                for r in range(1, labels.max() + 1)]

@@ -62,3 +62,29 @@ def test_official_loads_the_pulled_vand_checkpoint_of_the_training_set_when_the_
     assert action == "pulled"
     assert all(torch.equal(a, b) for a, b in zip(model.trainable_linearlayer.state_dict().values(),
                                                  source.trainable_linearlayer.state_dict().values()))
+
+
+def _smoke(tmp_path, **budget):
+    return start(profile="smoke", data_root=str(tmp_path / "data"), output_dir=str(tmp_path / "out"),
+                 cache=str(tmp_path / "cache"), **budget)
+
+
+def test_a_smoke_session_says_so_and_has_no_reference_run_yet(tmp_path):
+    session = _smoke(tmp_path)
+    assert session.smoke is True
+    assert session.reference_run("06_zero_shot_pixel_auroc") is None
+
+
+def test_zero_shot_targets_skip_the_training_set_and_name_what_is_not_prepared(tmp_path, capsys):
+    session = _smoke(tmp_path)
+    assert session.zero_shot_targets("synthetic_industrial") == ["synthetic_ultrasound"]
+    assert session.zero_shot_targets("synthetic_ultrasound", ["synthetic_ultrasound", "mvtec"]) == []
+    assert "skipping mvtec" in capsys.readouterr().out
+
+
+def test_support_is_the_train_split_the_few_shot_evaluation_draws_from(tmp_path):
+    session = _smoke(tmp_path, max_images_per_class=6)
+    model = session.build("inctrl")
+    support = session.support("synthetic_industrial", model)
+    assert support.split == "train" and set(support.labels.tolist()) == {0}
+    assert len(support) == 6 * len(support.classes)  # within the session's budget

@@ -2,7 +2,8 @@
 import torch
 
 from zsadlab.backbone import encode_text, tokenize
-from zsadlab.prompts import PromptLearner, ensemble_sentences, inctrl_prompt_texts
+from zsadlab.prompts import (PromptLearner, ensemble_sentences, inctrl_prompt_texts, plain_sentences,
+                             plain_text_features)
 
 
 def test_ensemble_has_7x35_normal_and_5x35_abnormal_sentences_state_major():
@@ -10,6 +11,17 @@ def test_ensemble_has_7x35_normal_and_5x35_abnormal_sentences_state_major():
     assert (len(normal), len(abnormal)) == (245, 175)
     assert normal[0] == "a bad photo of a bottle." and normal[35] == "a bad photo of a flawless bottle."
     assert abnormal[-1] == "this is one bottle with damage in the scene."
+
+
+def test_the_clip_baseline_uses_the_papers_two_plain_prompts():
+    assert plain_sentences("metal_nut") == ("A photo of a normal metal nut.", "A photo of an anomalous metal nut.")
+
+
+def test_plain_text_features_encode_exactly_those_two_sentences(clip):
+    expected = torch.nn.functional.normalize(encode_text(clip, tokenize(list(plain_sentences("bottle")))), dim=-1)
+    got = plain_text_features(clip, "bottle")
+    assert got.shape == expected.shape == (2, expected.shape[-1])
+    assert torch.allclose(got, expected, atol=1e-6)
 
 
 def test_inctrl_lists_are_7x22_and_4x22_with_special_names_getting_one_prompt():

@@ -8,9 +8,11 @@ This module only composes the pieces, each in its own module:
 * :mod:`zsadlab.losses` - focal + dice (local) and cross-entropy (global).
 
 The baselines of the paper's tables are presets of the same model (:data:`PRESETS`):
-CLIP (prompt ensemble, standard image embedding, final layer), CLIP-AC (ensemble text,
-AnomalyCLIP-style maps), CoOp (object-aware learnable prompts, no DPAM, no deep tokens),
-and ``anomalyclip_multilayer``: four distinct blocks (6/12/18/24 on ViT-L).
+CLIP (the paper's two plain prompts "A photo of a normal/an anomalous [cls].", CLIP's standard
+image embedding, final block), CLIP-AC (the same image side with the object-aware prompt
+ensemble instead of the two prompts: only the text differs from CLIP), CoOp (learnable
+class-name prompts trained with the image-level cross-entropy only - CoOp proper: no DPAM, no
+deep tokens, no local loss), and ``anomalyclip_multilayer``: four distinct blocks (6/12/18/24 on ViT-L).
 
 **Feature layers.** The default is block 24 alone with ``lam = 4``, the published
 configuration: until April 2025 the official DPAM path appended references to one tensor
@@ -22,6 +24,7 @@ Four really distinct layers are the ``anomalyclip_multilayer`` preset, never the
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,14 +46,15 @@ from .maps import (
     similarity_logits,
     similarity_maps,
 )
-from .checkpoints import load_submodule_checkpoint
-from .methods import Method, Setup, clip_model_builder, learned_state, masked_test_split_recipe, register_method
-from .prompts import PromptLearner, ensemble_text_features
+from .checkpoints import load_submodule_checkpoint, read_checkpoint
 from .errors import CheckpointError
-from .checkpoints import read_checkpoint
+from .methods import Method, Setup, clip_model_builder, learned_state, masked_test_split_recipe, register_method
+from .prompts import PromptLearner, ensemble_text_features, plain_text_features
 from .utils import save_torch_atomic
 
-TEXT_SOURCES = ("learned", "ensemble")
+# Where the [normal, anomalous] text comes from: learned prompts, the hand-written ensemble, two plain prompts.
+TEXT_SOURCES = ("learned", "ensemble", "plain")
+HANDWRITTEN_TEXT = {"ensemble": ensemble_text_features, "plain": plain_text_features}
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,8 @@ class AnomalyCLIPConfig:
     blocks DPAM refines (official ``DPAM_layer - 1``). ``depth``/``t_n_ctx``: deep text tokens
     (``depth=1`` disables them). ``object_agnostic=False`` puts the class name in the learnable
     prompts (ablation T2). ``loss``: ``"both"``, ``"global"`` or ``"local"``.
-    ``text_source="ensemble"`` uses the hand-written prompt ensemble instead of learned prompts;
+    ``text_source="ensemble"`` uses the hand-written prompt ensemble instead of learned prompts,
+    ``"plain"`` the two plain prompts of the paper's CLIP baseline;
     ``global_ln_post=True`` uses CLIP's standard image embedding (with ``ln_post``).
     ``epochs``/``batch_size``: the training recipe of the official ``train.sh`` (15 epochs of 8).
     """
@@ -109,9 +114,11 @@ def final_block(config: AnomalyCLIPConfig) -> AnomalyCLIPConfig:
 PRESETS: dict[str, tuple[dict, Callable[[AnomalyCLIPConfig], AnomalyCLIPConfig] | None]] = {
     "anomalyclip": ({}, None),
     "anomalyclip_multilayer": ({}, quarter_blocks),
-    "coop": (dict(dpam_mode=None, depth=1, object_agnostic=False), None),
-    "clip_ac": (dict(dpam_mode=None, text_source="ensemble"), None),
-    "clip": (dict(dpam_mode=None, text_source="ensemble", global_ln_post=True), final_block),
+    # CoOp proper (Zhou et al., IJCV 2022) as the AnomalyCLIP paper compares with it: learnable prompts
+    # with the class name, trained with the image-level cross-entropy only (hence its ~33 pixel AUROC).
+    "coop": (dict(dpam_mode=None, depth=1, object_agnostic=False, loss="global"), None),
+    "clip_ac": (dict(dpam_mode=None, text_source="ensemble", global_ln_post=True), final_block),
+    "clip": (dict(dpam_mode=None, text_source="plain", global_ln_post=True), final_block),
 }
 
 
@@ -135,10 +142,18 @@ class AnomalyCLIP(nn.Module):
             clip, n_ctx=config.n_ctx, depth=config.depth, t_n_ctx=config.t_n_ctx,
             object_agnostic=config.object_agnostic, deep_prompt_fp16=config.deep_prompt_fp16,
         )
-        if config.text_source == "ensemble":  # hand-written prompts: the learner is unused, nothing trains
+        if config.text_source in HANDWRITTEN_TEXT:  # hand-written prompts: the learner is unused, nothing trains
             self.prompt_learner.requires_grad_(False)
         self._ensemble_cache: dict[str, torch.Tensor] = {}
         self._learned_cache: dict[tuple, torch.Tensor] = {}
+
+    def variant(self, **changes) -> "AnomalyCLIP":
+        """This model with inference-time config ``changes`` (e.g. ``dpam_mode="qq"``): a second view
+        sharing the same frozen CLIP and trained prompt learner, so nothing is copied or retrained
+        and this model's own config is left as it is."""
+        twin = copy.copy(self)
+        twin.config = self.config.replace(**changes)
+        return twin
 
     def train(self, mode: bool = True) -> "AnomalyCLIP":
         super().train(mode)
@@ -181,11 +196,11 @@ class AnomalyCLIP(nn.Module):
         return self.config.text_source == "learned" and self.config.object_agnostic
 
     def _text_for(self, class_name: str | None) -> torch.Tensor:
-        if self.config.text_source == "ensemble":
+        if self.config.text_source in HANDWRITTEN_TEXT:
             name = class_name or "object"
             if name not in self._ensemble_cache:
                 # kept fp32 even when first computed under autocast (a later fp32 call can use it)
-                self._ensemble_cache[name] = ensemble_text_features(self.clip, name).float()
+                self._ensemble_cache[name] = HANDWRITTEN_TEXT[self.config.text_source](self.clip, name).float()
             return self._ensemble_cache[name].to(self.clip.visual.proj.device)
         name = None if self.class_independent else class_name
         if torch.is_grad_enabled():  # training: a fresh, differentiable forward

@@ -6,7 +6,8 @@
     zsadlab course pack pull FILE|URL
 
     python -m zsadlab.course student --out build/student notebooks/*.ipynb
-    python -m zsadlab.course site --out build/site notebooks/*.ipynb
+    python -m zsadlab.course site --out build/site notebooks/*.ipynb                # public: no solutions, no guide
+    python -m zsadlab.course site --instructor --out build/site-instructor notebooks/*.ipynb
     python -m zsadlab.course colab notebooks/*.ipynb          # add/refresh the Colab badge and set-up cell, in place
 
 Cell roles are cell *tags* (``metadata.tags``), so Jupyter, nbconvert and papermill all see them:
@@ -30,9 +31,8 @@ from nbconvert.preprocessors import ClearOutputPreprocessor, TagRemovePreprocess
 
 from .utils import check_writable, write_json_atomic, write_text_atomic
 
-# THE one place to change when the repository moves: Colab badges and the Colab set-up cell use it.
-REPO_URL = "https://github.com/zsadlab/zsadlab"
 REPO_BRANCH = "main"
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 SOLUTION_TAG = "solution"
 PARAMETERS_TAG = "parameters"
@@ -41,6 +41,7 @@ COLAB_SETUP_TAG = "colab-setup"
 # Before the solution cells were tagged, the series marked them by their first line.
 LEGACY_SOLUTION_PREFIX = "if show_solutions:"
 COLAB_CHECKPOINT = "anomalyclip-mvtec"  # pulled by `zsadlab pull` on Colab
+INSTRUCTOR_GUIDE = Path("docs") / "INSTRUCTOR.md"  # published by the instructor build only
 
 BOOK_TEMPLATE = Path(__file__).resolve().parent.parent / "book"  # _config.yml of the site
 STAND_IN_NOTE = ("> **Stand-in page.** `build/notebooks/` had no executed copy of this notebook, so the site shows "
@@ -50,6 +51,25 @@ STAND_IN_NOTE = ("> **Stand-in page.** `build/notebooks/` had no executed copy o
 
 class CourseError(ValueError):
     """Bad input to the course tools; the message names the file and the fix."""
+
+
+def repository_url(pyproject: Path = PYPROJECT) -> str | None:
+    """THE repository address, set in one place: ``[project.urls] Repository`` of pyproject.toml
+    (or the installed package's metadata). ``None`` when unset: then no Colab badge is written."""
+    if pyproject.is_file() and sys.version_info >= (3, 11):
+        import tomllib
+        urls = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {}).get("urls", {})
+        return urls.get("Repository")
+    from importlib import metadata
+    try:
+        entries = metadata.metadata("zsadlab").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        return None
+    return next((url.strip() for label, _, url in (e.partition(",") for e in entries) if label.strip() == "Repository"),
+                None)
+
+
+REPO_URL = repository_url()
 
 
 # ----------------------------------------------------------------------------- notebooks in and out
@@ -93,14 +113,19 @@ def tag_solutions(nb: nbformat.NotebookNode) -> int:
     return sum(SOLUTION_TAG in cell_tags(cell) for cell in nb.cells)
 
 
+def without_solutions(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A copy of ``nb`` without its ``solution`` cells - source and outputs (nbconvert's
+    TagRemovePreprocessor); every other cell keeps its outputs."""
+    nb = copy.deepcopy(nb)
+    tag_solutions(nb)
+    nb, _ = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG}).preprocess(nb, {})
+    return nb
+
+
 def student_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """A copy of ``nb`` without its ``solution`` cells and without outputs (nbconvert's
     TagRemovePreprocessor and ClearOutputPreprocessor); exercises and ``parameters`` stay."""
-    nb = copy.deepcopy(nb)
-    tag_solutions(nb)
-    resources: dict = {}
-    for preprocessor in (TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG}), ClearOutputPreprocessor()):
-        nb, resources = preprocessor.preprocess(nb, resources)
+    nb, _ = ClearOutputPreprocessor().preprocess(without_solutions(nb), {})
     return nb
 
 
@@ -127,9 +152,27 @@ def colab_badge_source(notebook_path: str, repo_url: str = REPO_URL) -> str:
             f"({colab_url(notebook_path, repo_url)})")
 
 
-def colab_setup_source(repo_url: str = REPO_URL) -> str:
-    """The first code cell: on Colab only, clone and install zsadlab and pull the checkpoints."""
-    return f'''# Colab only: install zsadlab from its repository and pull the checkpoints. Does nothing elsewhere.
+def colab_profile() -> str:
+    """The profile the Colab set-up cell selects: Colab has a GPU and network, so real weights -
+    the course's ``lab`` profile where this version has one, else ``full``; never ``auto``, which
+    would fall back to smoke on a fresh machine without cached weights."""
+    from .profiles import PROFILES
+    return "lab" if "lab" in PROFILES else "full"
+
+
+def colab_setup_source(repo_url: str | None = REPO_URL) -> str:
+    """The code cell after ``parameters``: on Colab only, clone and install zsadlab, pull the
+    official checkpoint and choose a real-weights profile (open_clip downloads the CLIP weights
+    on first use: Colab has network); elsewhere it does nothing."""
+    chosen = colab_profile()
+    if repo_url is None:
+        return f'''# Colab only. This copy of the course names no repository ([project.urls] Repository in pyproject.toml),
+# so it cannot install itself on Colab: open the notebook from your instructor's Colab link instead.
+import sys
+
+if "google.colab" in sys.modules:
+    raise SystemExit("zsadlab: no repository configured for Colab; use the course's own Colab link")'''
+    return f'''# Colab only: install zsadlab, pull the official checkpoint, use the real CLIP weights. Does nothing elsewhere.
 import sys
 
 if "google.colab" in sys.modules:
@@ -142,7 +185,12 @@ if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", REPO + "[notebooks]"], check=True)
     os.chdir(REPO)  # the notebooks resolve data/ and figures/ from the repository root
     sys.path.insert(0, REPO)
-    subprocess.run(["zsadlab", "pull", "{COLAB_CHECKPOINT}"], check=True)'''
+    subprocess.run(["zsadlab", "pull", "{COLAB_CHECKPOINT}"], check=True)
+    # Colab has network, so open_clip downloads the real weights on first use: choose their profile
+    # explicitly ("auto" would pick smoke on a fresh machine, where no weights are cached yet).
+    if profile == "auto":
+        profile = "{chosen}"
+    print(f"Colab: profile {{profile!r}}")'''
 
 
 def upsert_cell(nb: nbformat.NotebookNode, tag: str, new_cell: nbformat.NotebookNode, index: int) -> None:
@@ -155,13 +203,17 @@ def upsert_cell(nb: nbformat.NotebookNode, tag: str, new_cell: nbformat.Notebook
     nb.cells.insert(index, new_cell)
 
 
-def add_colab_cells(nb: nbformat.NotebookNode, repo_url: str = REPO_URL, *,
+def add_colab_cells(nb: nbformat.NotebookNode, repo_url: str | None = REPO_URL, *,
                     notebook_path: str) -> nbformat.NotebookNode:
     """Insert (or refresh) the Colab badge right after the title cell (which states the question
     and the cost) and the Colab set-up code cell right after the ``parameters`` cell, which stays
-    the first code cell (papermill injects its values after it). Idempotent; returns ``nb``."""
-    upsert_cell(nb, COLAB_BADGE_TAG, nbformat.v4.new_markdown_cell(colab_badge_source(notebook_path, repo_url)),
-                min(1, len(nb.cells)))
+    the first code cell (papermill injects its values after it). Without a repository address
+    (:func:`repository_url`) no badge is written and an existing one is removed. Idempotent; returns ``nb``."""
+    if repo_url is None:
+        nb.cells = [cell for cell in nb.cells if COLAB_BADGE_TAG not in cell_tags(cell)]
+    else:
+        upsert_cell(nb, COLAB_BADGE_TAG, nbformat.v4.new_markdown_cell(colab_badge_source(notebook_path, repo_url)),
+                    min(1, len(nb.cells)))
     tags = [cell_tags(cell) for cell in nb.cells]
     after_parameters = next((i + 1 for i, t in enumerate(tags) if PARAMETERS_TAG in t), len(nb.cells))
     upsert_cell(nb, COLAB_SETUP_TAG, nbformat.v4.new_code_cell(colab_setup_source(repo_url)), after_parameters)
@@ -196,22 +248,30 @@ def toc_yaml(notebooks: Sequence[str], guides: Sequence[str]) -> str:
 
 
 def prepare_site(series: Sequence[Path], out: Path, executed: Path, fallback: Path,
-                 repo: Path = BOOK_TEMPLATE.parent) -> list[str]:
+                 repo: Path = BOOK_TEMPLATE.parent, instructor: bool = False) -> list[str]:
     """Fill ``out`` with a Jupyter Book: config from ``book/``, README as intro, the executed
-    notebooks (stand-ins marked on their page), PROTOCOL.md when present and docs/INSTRUCTOR.md.
+    notebooks (stand-ins marked on their page) and PROTOCOL.md when present.
+
+    The public site (default) shows **no answers**: every ``solution`` cell is removed, source and
+    outputs, and the instructor guide (docs/INSTRUCTOR.md) is not published. ``instructor=True``
+    keeps the solutions and adds the guide - build it into another folder and keep it private.
     Returns the names of the stand-in notebooks."""
+    for stale in (out / "notebooks", out / "_build"):  # what an earlier (e.g. instructor) build wrote here
+        shutil.rmtree(stale, ignore_errors=True)
+    (out / INSTRUCTOR_GUIDE.name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(repo / "book" / "_config.yml", out / "_config.yml")
     shutil.copyfile(repo / "README.md", out / "intro.md")
     stand_ins = []
     for source, stand_in in site_sources(series, executed, fallback):
-        nb = read_notebook(source)
+        nb = read_notebook(source) if instructor else without_solutions(read_notebook(source))
         if stand_in:
             nb.cells.insert(0, nbformat.v4.new_markdown_cell(STAND_IN_NOTE))
             stand_ins.append(source.name)
         write_notebook(nb, out / "notebooks" / source.name)
     guides = []
-    for doc in (repo / "PROTOCOL.md", repo / "docs" / "PROTOCOL.md", repo / "docs" / "INSTRUCTOR.md"):
+    docs = [repo / "PROTOCOL.md", repo / "docs" / "PROTOCOL.md"] + ([repo / INSTRUCTOR_GUIDE] if instructor else [])
+    for doc in docs:
         if doc.is_file() and doc.stem not in guides:
             shutil.copyfile(doc, out / doc.name)
             guides.append(doc.stem)
@@ -247,7 +307,7 @@ def run_student(args: argparse.Namespace) -> int:
 
 def run_site(args: argparse.Namespace) -> int:
     series = notebook_paths(args.notebooks)
-    stand_ins = prepare_site(series, args.out, args.executed, args.fallback)
+    stand_ins = prepare_site(series, args.out, args.executed, args.fallback, instructor=args.instructor)
     if stand_ins:
         print(f"note: {len(stand_ins)}/{len(series)} notebooks have no executed copy in {args.executed}/; the site "
               f"shows their nbval smoke baselines from {args.fallback}/ as stand-ins (no figures): "
@@ -429,10 +489,13 @@ def parser() -> argparse.ArgumentParser:
     site.add_argument("--out", type=Path, default=Path("build/site"))
     site.add_argument("--jupyter-book", default=None, help="the jupyter-book executable (default: beside python)")
     site.add_argument("--no-build", action="store_true", help="only write the book's sources")
+    site.add_argument("--instructor", action="store_true",
+                      help="the instructor's site: keeps the solution cells and adds docs/INSTRUCTOR.md (keep it private)")
     site.set_defaults(func=run_site)
     colab = commands.add_parser("colab", help="add or refresh the Colab badge and set-up cell (in place)")
     colab.add_argument("notebooks", nargs="+", type=Path)
-    colab.add_argument("--repo-url", default=REPO_URL)
+    colab.add_argument("--repo-url", default=REPO_URL,
+                       help="default: [project.urls] Repository of pyproject.toml; unset: no badge is written")
     colab.set_defaults(func=run_colab)
     tag = commands.add_parser("tag-solutions", help=f"tag {SOLUTION_TAG!r} the cells starting with "
                                                     f"{LEGACY_SOLUTION_PREFIX!r} (in place)")

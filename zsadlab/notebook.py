@@ -25,7 +25,8 @@ import os
 import torch
 
 from . import engine, pretrained, viz
-from .data import AnomalyDataset, ensure_dataset
+from .data import AnomalyDataset, DatasetError, ensure_dataset
+from .data.registry import ANOMALYCLIP_BENCHMARK
 from .engine.cache import CACHE_ENV, CachedRun, RunSpec, load_or_train, log_request, run_spec
 from .methods import get_method
 from .pack import installed_reference
@@ -96,6 +97,31 @@ class Session:
         """Split ``split`` of dataset ``name`` as ``model`` reads it, within the budget."""
         return self.budgeted(engine.dataset_for(model, self.root(name), split, require_masks=require_masks))
 
+    def support(self, name: str, model) -> AnomalyDataset | None:
+        """Where few-shot sample prompts of dataset ``name`` come from (``engine.support_set``: its
+        train split, or ``None`` - then the evaluation draws them from its normal test images)."""
+        support = engine.support_set(model, self.root(name))
+        return None if support is None else self.budgeted(support)
+
+    def zero_shot_targets(self, train_name: str, names: Sequence[str] | str = "auto") -> list[str]:
+        """The zero-shot targets after training on ``train_name``: ``names`` (``"auto"``: the 17
+        datasets of the AnomalyCLIP paper's Tables 1-2 in a meaningful profile, the profile's test set
+        in smoke) without ``train_name`` (not zero-shot) and without the sets not prepared under
+        ``data_root``, each of which is named in one line."""
+        if names == "auto":
+            names = ANOMALYCLIP_BENCHMARK if self.profile.meaningful else (self.test_name,)
+        targets = []
+        for name in names:
+            if name == train_name:
+                continue
+            try:
+                self.root(name)
+            except DatasetError as err:
+                print(f"skipping {name}: {str(err).splitlines()[0][:160]}")
+                continue
+            targets.append(name)
+        return targets
+
     def training_set(self, name: str | Path, model) -> AnomalyDataset:
         """What ``model``'s method trains on in dataset ``name`` - a registry name under ``data_root``,
         or the path of a prepared dataset - (its recipe's split), within the budget."""
@@ -163,6 +189,12 @@ class Session:
         log_request(Path(path).name if checkpoint else checkpoint_name, "pulled")
         print(f"{method}: official weights from {path}")
         return model, "pulled"
+
+    @property
+    def smoke(self) -> bool:
+        """True when the numbers are not meaningful (tiny random CLIPs, synthetic data): every comparison
+        figure then draws the published values as its primary series and this run as a pipeline check."""
+        return not self.profile.meaningful
 
     def reference_run(self, table_name: str):
         """The reference run's version of this notebook's table ``table_name``, from the installed course pack

@@ -1,8 +1,10 @@
 """Text prompts: hand-written ensembles and AnomalyCLIP's learnable prompts.
 
-Three ways of turning "normal" and "anomalous" into text features:
+Four ways of turning "normal" and "anomalous" into text features:
 
-1. **Object-aware prompt ensemble** (the CLIP / CLIP-AC baselines, WinCLIP-style):
+0. **Two plain prompts** (the AnomalyCLIP paper's CLIP baseline): "A photo of a normal [cls]."
+   and "A photo of an anomalous [cls]." (:func:`plain_text_features`).
+1. **Object-aware prompt ensemble** (the CLIP-AC baseline, WinCLIP-style):
    7 normal x 5 abnormal states of the class name, each in 35 templates, encoded,
    normalised, averaged (``encode_text_with_prompt_ensemble`` of the official
    AnomalyCLIP repo; fixtures/anomalyclip §5.5).
@@ -23,6 +25,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import encode_text, encode_text_embeddings, tokenize
+
+# --- the paper's CLIP baseline: two plain prompts -------------------------------------------
+
+PLAIN_PROMPTS = ("A photo of a normal {}.", "A photo of an anomalous {}.")
+
+
+def plain_sentences(class_name: str) -> tuple[str, str]:
+    """The CLIP baseline's [normal, anomalous] sentences for ``class_name`` (underscores read as spaces)."""
+    name = class_name.replace("_", " ")
+    return PLAIN_PROMPTS[0].format(name), PLAIN_PROMPTS[1].format(name)
+
+
+@torch.no_grad()
+def plain_text_features(clip, class_name: str) -> torch.Tensor:
+    """``[2, D]`` L2-normalised [normal, anomalous] features of the two plain prompts (AnomalyCLIP
+    paper, App. "baselines": CLIP with "A photo of a normal [cls]." / "A photo of an anomalous [cls].")."""
+    return F.normalize(encode_text(clip, tokenize(list(plain_sentences(class_name)))), dim=-1)
+
 
 # --- the ensemble: fixtures/anomalyclip §5.5 -------------------------------------------
 

@@ -33,7 +33,7 @@ ATTENTION_CMAP = "viridis"
 __all__ = [
     "set_style", "repo_root", "resolve_path", "figure_path", "show", "to_rgb", "to_numpy", "save_figure",
     "plot_overlay", "plot_sample_grid", "plot_map_grid", "plot_attention", "plot_attention_rows",
-    "plot_roc_curves", "plot_pro_curves", "plot_bars", "plot_loss_curves", "plot_k_shot", "plot_confusion_matrix",
+    "plot_roc_curves", "plot_pro_curves", "plot_bars", "plot_comparison", "plot_loss_curves", "plot_k_shot", "plot_confusion_matrix",
     "plot_thresholds",
     "plot_score_histogram", "format_table", "print_table", "defect_patch",
 ]
@@ -337,6 +337,62 @@ def plot_bars(results: Mapping[str, Mapping[str, float]], title: str = "Ablation
     return fig
 
 
+SMOKE_SERIES = "pipeline check (random tiny CLIP)"  # how a smoke run's bars are named in every comparison
+NOT_REPORTED = "n.r."  # drawn where a paper reports no value (the legend explains it)
+
+
+def _comparison_series(paper, reference_run, this_run, smoke: bool) -> list[tuple[str, str, Mapping]]:
+    """``(kind, suffix, {setting: {metric: value}})`` in drawing order: the primary series first."""
+    run = ("smoke", SMOKE_SERIES, this_run) if smoke else ("run", "this run", this_run)
+    series = [("paper", "paper", paper or {}), ("reference", "reference run", reference_run or {})]
+    return [run] + series if not smoke else series + [run]
+
+
+def plot_comparison(this_run: Mapping[str, Mapping[str, float]],
+                    paper: Mapping[str, Mapping[str, float | None]] | None = None,
+                    reference_run: Mapping[str, Mapping[str, float]] | None = None, smoke: bool = False,
+                    title: str = "Comparison", ylabel: str = "score (%)", xlabel: str = "metric",
+                    ylim: tuple[float, float] | None = (0.0, 100.0), fmt: str = "%.1f") -> plt.Figure:
+    """"Paper / reference run / this run" bars, grouped by metric (``{"setting": {"metric": value}}``).
+
+    ``paper``: published values (from :mod:`zsadlab.references`), solid bars; a ``None`` value is
+    drawn as "n.r." (not reported) instead of being left out silently. ``reference_run``: a
+    reference execution of the series (a course pack's), dotted bars. ``this_run``: what this
+    notebook measured. With ``smoke=True`` the run's bars are faded, cross-hatched and named
+    "pipeline check (random tiny CLIP)", and drawn after the paper's, which are the primary series.
+    """
+    series = _comparison_series(paper, reference_run, this_run, smoke)
+    metrics = list(dict.fromkeys(m for _, _, d in series for row in d.values() for m in row))
+    slots = [(kind, suffix, setting, row) for kind, suffix, d in series for setting, row in d.items()]
+    colours = dict(zip(dict.fromkeys(setting for _, _, setting, _ in slots), sns.color_palette("colorblind", 10) * 3))
+    style = {"paper": dict(alpha=0.95), "reference": dict(alpha=0.75, hatch=".."), "run": dict(alpha=0.95),
+             "smoke": dict(alpha=0.35, hatch="xx", edgecolor="0.35")}
+    width = 0.8 / max(1, len(slots))
+    fig, ax = plt.subplots(figsize=(3.5 + max(4.0, 0.35 * len(metrics) * (1 + len(slots))), 4.2), constrained_layout=True)
+    flagged = False
+    for i, (kind, suffix, setting, row) in enumerate(slots):
+        x = np.arange(len(metrics)) + (i - (len(slots) - 1) / 2) * width
+        heights = [row.get(m) for m in metrics]
+        bars = ax.bar(x, [0.0 if h is None else h for h in heights], width, color=colours[setting],
+                      label=f"{setting} - {suffix}", **style[kind])
+        ax.bar_label(bars, labels=["" if h is None else fmt % h for h in heights], fontsize=7, padding=1)
+        for xi, metric, h in zip(x, metrics, heights):
+            if kind == "paper" and h is None and metric in row:
+                ax.text(xi, ylim[0] if ylim else 0.0, NOT_REPORTED, rotation=90, ha="center", va="bottom", fontsize=7)
+                flagged = True
+    ax.set_xticks(np.arange(len(metrics)), metrics)
+    heading = title + (f"\nSMOKE: faded bars are a {SMOKE_SERIES}, not a result" if smoke else "")
+    ax.set(title=heading, ylabel=ylabel, xlabel=xlabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    handles, labels = ax.get_legend_handles_labels()
+    if flagged:
+        handles.append(plt.Rectangle((0, 0), 0, 0, fill=False, edgecolor="none"))
+        labels.append(f"{NOT_REPORTED} = not reported (no published value in zsadlab.references)")
+    ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
 def plot_loss_curves(histories: Mapping[str, Sequence[float]], title: str = "Training loss",
                      xlabel: str = "step", ylabel: str = "loss", smooth: int = 1, logy: bool = False) -> plt.Figure:
     """One line per run (``{"name": [loss per step]}``); ``smooth > 1`` draws the running mean over
@@ -358,25 +414,31 @@ def plot_loss_curves(histories: Mapping[str, Sequence[float]], title: str = "Tra
 
 def plot_k_shot(results: Mapping[str, Mapping[int, Sequence[float]]], title: str = "Few-shot curves",
                 ylabel: str = "image AUROC (%)", reference: Mapping[str, Mapping[int, float]] | None = None,
-                hlines: Mapping[str, float] | None = None, percent: bool = True) -> plt.Figure:
+                hlines: Mapping[str, float] | None = None, percent: bool = True, smoke: bool = False) -> plt.Figure:
     """``{"method": {k: [value per seed]}}`` -> mean line with a shaded min-max band over the seeds
-    (both named in the legend); optional dashed reference curves (``{"name": {k: value}}``) and
-    horizontal lines (``{"name": value}``). Values in [0, 1] are drawn in % when ``percent``; the
-    legend sits to the right of the axes, off the data."""
+    (both named in the legend); optional reference curves - published values, already in % -
+    (``{"name": {k: value}}``) and horizontal lines (``{"name": value}``). Measured values in [0, 1]
+    are drawn in % when ``percent``. With ``smoke=True`` the measured curves are faded and named
+    a pipeline check, and the published curves are the primary, solid ones. The legend sits to
+    the right of the axes, off the data."""
     scale = 100.0 if percent else 1.0
     fig, ax = plt.subplots(figsize=(8.4, 3.8), constrained_layout=True)
+    for name, per_k in (reference or {}).items():
+        ks = sorted(per_k)
+        ax.plot(ks, [per_k[k] for k in ks], ls="-" if smoke else "--", lw=2.5 if smoke else 1.5, marker="s",
+                label=f"{name} (published, not produced here)")
+    run = f" - {SMOKE_SERIES}" if smoke else ""
     for name, per_k in results.items():
         ks = sorted(per_k)
         vals = [scale * np.asarray(per_k[k], dtype=float) for k in ks]
-        line, = ax.plot(ks, [v.mean() for v in vals], marker="o", label=f"{name}: mean over {len(vals[0])} prompt seeds")
-        ax.fill_between(ks, [v.min() for v in vals], [v.max() for v in vals], alpha=0.2, color=line.get_color(),
-                        label=f"{name}: min-max over seeds")
-    for name, per_k in (reference or {}).items():
-        ks = sorted(per_k)
-        ax.plot(ks, [scale * per_k[k] for k in ks], ls="--", marker="x", label=f"{name} (reference, not produced here)")
+        line, = ax.plot(ks, [v.mean() for v in vals], marker="o", ls=":" if smoke else "-", alpha=0.5 if smoke else 1.0,
+                        label=f"{name}{run}: mean over {len(vals[0])} prompt seeds")
+        ax.fill_between(ks, [v.min() for v in vals], [v.max() for v in vals], alpha=0.1 if smoke else 0.2,
+                        color=line.get_color(), label=f"{name}{run}: min-max over seeds")
     for name, value in (hlines or {}).items():
-        ax.axhline(scale * value, ls=":", c="grey", label=name)
-    ax.set(title=title, xlabel="k (normal shots)", ylabel=ylabel)
+        ax.axhline(scale * value, ls=":", c="grey", label=name + run)
+    ax.set(title=title + (f"\nSMOKE: faded curves are a {SMOKE_SERIES}, not a result" if smoke else ""),
+           xlabel="k (normal shots)", ylabel=ylabel)
     ax.set_xticks(sorted({k for d in results.values() for k in d}))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return fig

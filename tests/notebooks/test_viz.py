@@ -55,8 +55,9 @@ FIGURES = {
     "roc": lambda: viz.plot_roc_curves({"a": (np.array([0, 0.5, 1]), np.array([0, 0.8, 1]), 0.7)}),
     "pro": lambda: viz.plot_pro_curves({"a": (np.array([0, 0.1, 0.3]), np.array([0, 0.5, 0.8]))}),
     "bars": lambda: viz.plot_bars({"x": {"m": 0.5, "n": 0.6}}, reference={"paper": {"m": 0.9}}),
+    "comparison": lambda: viz.plot_comparison({"x": {"m": 50.0}}, paper={"x": {"m": 90.0}}, smoke=True),
     "loss": lambda: viz.plot_loss_curves({"a": [3.0, 2.0, 1.0]}, smooth=2),
-    "k_shot": lambda: viz.plot_k_shot({"m": {2: [0.5, 0.6], 4: [0.7, 0.8]}}, reference={"p": {2: 0.8}}, hlines={"z": 0.5}),
+    "k_shot": lambda: viz.plot_k_shot({"m": {2: [0.5, 0.6], 4: [0.7, 0.8]}}, reference={"p": {2: 80.0}}, hlines={"z": 0.5}),
     "confusion": lambda: viz.plot_confusion_matrix(np.array([[5, 1], [2, 4]]), threshold=0.5),
     "thresholds": lambda: viz.plot_thresholds(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1]), {"F1-max": 0.5}),
     "histogram": lambda: viz.plot_score_histogram(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])),
@@ -118,3 +119,36 @@ def test_k_shot_legend_names_the_min_max_band_and_sits_outside_the_axes():
     legend = fig.axes[0].get_legend()
     assert any("min-max over seeds" in t.get_text() for t in legend.get_texts())
     assert legend.get_bbox_to_anchor().x0 > fig.axes[0].get_window_extent().x1 - 1  # right of the data
+
+
+def _legend_texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+
+
+def test_comparison_in_smoke_names_the_run_a_pipeline_check_and_draws_the_paper_first():
+    fig = viz.plot_comparison({"AnomalyCLIP": {"pixel_auroc": 40.0}}, paper={"AnomalyCLIP": {"pixel_auroc": 95.5}},
+                              smoke=True, title="t")
+    labels = _legend_texts(fig)
+    assert labels[0] == "AnomalyCLIP - paper"
+    assert labels[1] == f"AnomalyCLIP - {viz.SMOKE_SERIES}" and "random tiny CLIP" in viz.SMOKE_SERIES
+    assert viz.SMOKE_SERIES in fig.axes[0].get_title()
+
+
+def test_comparison_with_real_weights_calls_the_run_this_run_and_takes_a_reference_run():
+    fig = viz.plot_comparison({"a": {"m": 40.0}}, paper={"a": {"m": 95.5}}, reference_run={"a": {"m": 93.0}})
+    assert _legend_texts(fig) == ["a - this run", "a - paper", "a - reference run"]
+    assert not any(viz.SMOKE_SERIES in t for t in _legend_texts(fig))
+
+
+def test_comparison_says_not_reported_where_the_paper_gives_no_value():
+    fig = viz.plot_comparison({"a": {"m": 40.0, "n": 30.0}}, paper={"a": {"m": 95.5, "n": None}})
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert viz.NOT_REPORTED in texts and any("not reported" in t for t in _legend_texts(fig))
+
+
+def test_k_shot_in_smoke_names_the_measured_curves_a_pipeline_check():
+    fig = viz.plot_k_shot({"InCTRL": {2: [0.5, 0.6], 4: [0.7, 0.8]}}, reference={"InCTRL, paper": {2: 85.8, 4: 87.7}},
+                          smoke=True)
+    labels = _legend_texts(fig)
+    assert labels[0].startswith("InCTRL, paper")
+    assert all(viz.SMOKE_SERIES in label for label in labels[1:])

@@ -284,6 +284,11 @@ def split_images(name: str, split: str, classes: int | None = None, max_images_p
     return min(images, (classes or sizes["classes"]) * max_images_per_class)
 
 
+# The 17 datasets of the AnomalyCLIP paper's zero-shot tables (Table 1: industrial, Table 2: medical).
+ANOMALYCLIP_BENCHMARK = ("mvtec", "visa", "mpdd", "btad", "sdd", "dagm", "dtd_synthetic",
+                         "headct", "brainmri", "br35h", "covid19", "isic", "colondb", "clinicdb", "kvasir", "endo", "tn3k")
+
+
 def names() -> list[str]:
     """Names of all registered datasets, in registry order."""
     return list(REGISTRY)

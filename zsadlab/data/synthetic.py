@@ -7,7 +7,10 @@ a TN3K-like thyroid set, speckled tissue with hypoechoic (darker) nodules.
 
 Every mask is exact: it is the set of pixels the defect painter changed. The same
 seed gives byte-identical files (numpy ``default_rng``, PNG without metadata).
-Per class: 8 train good, 6 test good, 8 test defective images of ``SIZE`` px.
+Per class: 16 train good, 6 test good, 8 test defective images of ``SIZE`` px. Sixteen
+normal training images are twice the largest k of the few-shot notebook (8), so every k draws
+a different set of sample prompts for every prompt seed; the last eight of them are drawn
+after the test images, which therefore stay the same for a given seed as with eight.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from skimage import draw
 from .writer import LayoutWriter
 
 SIZE = 160
-N_TRAIN_GOOD, N_TEST_GOOD, N_TEST_DEFECT = 8, 6, 8
+N_TRAIN_GOOD, N_TEST_GOOD, N_TEST_DEFECT = 16, 6, 8
+N_TRAIN_GOOD_FIRST = 8  # drawn before the test images (the rest after them)
 
 # ---------------------------------------------------------------- normal images
 
@@ -172,7 +176,7 @@ def synthetic_industrial(out: LayoutWriter, seed: int = 0) -> None:
     """Write the ``synthetic_industrial`` set (3 classes, 4 defect types with exact masks)."""
     for index, (class_name, sample) in enumerate(industrial_classes().items()):
         rng = np.random.default_rng([seed, index])
-        for i in range(N_TRAIN_GOOD):
+        for i in range(N_TRAIN_GOOD_FIRST):
             out.normal(_uint8(sample(rng)), class_name, f"{i:03d}.png", "train")
         for i in range(N_TEST_GOOD):
             out.normal(_uint8(sample(rng)), class_name, f"{i:03d}.png", "test")
@@ -180,12 +184,14 @@ def synthetic_industrial(out: LayoutWriter, seed: int = 0) -> None:
             defect = list(DEFECTS)[i % len(DEFECTS)]
             image, region = DEFECTS[defect](sample(rng), rng)
             out.anomalous(_uint8(image), class_name, defect, f"{i:03d}.png", region)
+        for i in range(N_TRAIN_GOOD_FIRST, N_TRAIN_GOOD):
+            out.normal(_uint8(sample(rng)), class_name, f"{i:03d}.png", "train")
 
 
 def synthetic_ultrasound(out: LayoutWriter, seed: int = 0) -> None:
     """Write the ``synthetic_ultrasound`` set (class ``thyroid``, defect ``nodule``, grayscale)."""
     rng = np.random.default_rng([seed, 1000])
-    for i in range(N_TRAIN_GOOD):
+    for i in range(N_TRAIN_GOOD_FIRST):
         out.normal(speckled(ultrasound_tissue(rng), rng), "thyroid", f"{i:03d}.png", "train")
     for i in range(N_TEST_GOOD):
         out.normal(speckled(ultrasound_tissue(rng), rng), "thyroid", f"{i:03d}.png", "test")
@@ -193,3 +199,5 @@ def synthetic_ultrasound(out: LayoutWriter, seed: int = 0) -> None:
         tissue, region = ultrasound_tissue(rng), nodule(rng)
         echo = np.where(region, tissue * rng.uniform(0.3, 0.45), tissue)  # hypoechoic: darker inside
         out.anomalous(speckled(echo, rng), "thyroid", "nodule", f"{i:03d}.png", region)
+    for i in range(N_TRAIN_GOOD_FIRST, N_TRAIN_GOOD):
+        out.normal(speckled(ultrasound_tissue(rng), rng), "thyroid", f"{i:03d}.png", "train")

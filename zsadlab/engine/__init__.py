@@ -20,11 +20,13 @@ from .evaluation import (
     class_predictions,
     evaluate,
     evaluate_fewshot,
+    fewshot_outputs,
     fewshot_prompts,
     load_or_sample_prompt_set,
     pixel_inputs,
     predict_dataset,
     prompt_set_path,
+    support_set,
     test,
 )
 from .prediction import predict_images
@@ -32,7 +34,8 @@ from .training import completed_epochs, configure_for, fit, is_main_process, run
 
 __all__ = [
     "FEWSHOT_METRICS", "METRIC_COLUMNS", "ResultTable", "build_model", "class_metrics", "class_predictions",
-    "completed_epochs", "configure_for", "dataset_for", "eval_batch_size", "evaluate", "evaluate_fewshot", "fewshot_prompts", "fit",
-    "is_main_process", "load_checkpoint", "load_or_sample_prompt_set", "method_of", "pixel_inputs", "precision_of",
-    "predict_dataset", "predict_images", "prompt_set_path", "run_folder", "run_record", "test", "train", "train_step",
+    "completed_epochs", "configure_for", "dataset_for", "eval_batch_size", "evaluate", "evaluate_fewshot",
+    "fewshot_outputs", "fewshot_prompts", "fit", "is_main_process", "load_checkpoint", "load_or_sample_prompt_set",
+    "method_of", "pixel_inputs", "precision_of", "predict_dataset", "predict_images", "prompt_set_path", "run_folder",
+    "run_record", "support_set", "test", "train", "train_step",
 ]

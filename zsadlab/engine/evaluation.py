@@ -338,6 +338,38 @@ def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset | N
     return table
 
 
+@torch.no_grad()
+def fewshot_outputs(model, dataset: AnomalyDataset, support: AnomalyDataset | None, fields: Sequence[str],
+                    shots: int, seed: int, prompt_dir: str | Path, dataset_name: str,
+                    batch_size: int = 8) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``({field: [N]}, labels [N])``: the named fields of a few-shot model's output
+    ``model(x, prompts, class_name)`` (e.g. InCTRL's ``text_score`` ... ``final_score``) for every
+    query of ``dataset``, with the same prompt sets and left-out prompt images as :func:`evaluate_fewshot`."""
+    device = next(model.parameters()).device
+    values: dict[str, list[float]] = {field: [] for field in fields}
+    labels: list[int] = []
+    for class_name in dataset.classes:
+        prompts, paths = fewshot_prompts(support or dataset, class_name, shots, seed, prompt_dir, dataset_name)
+        queries = dataset.subset(class_name).excluding(paths if support is None else [])
+        for start in range(0, len(queries), batch_size):
+            index = range(start, min(start + batch_size, len(queries)))
+            out = model(_stack_images(queries, index).to(device), prompts.to(device), class_name)
+            for field in fields:
+                values[field] += getattr(out, field).float().cpu().tolist()
+        labels += queries.labels.tolist()
+    return {field: np.asarray(v) for field, v in values.items()}, np.asarray(labels)
+
+
+def support_set(model, root) -> AnomalyDataset | None:
+    """Where the few-shot sample prompts of the dataset at ``root`` come from, as ``model`` reads
+    it: its training split (train/good), or ``None`` when it has none - then :func:`evaluate_fewshot`
+    draws them from the test split's normal images and leaves them out of the queries."""
+    try:
+        return dataset_for(model, root, split="train")
+    except DatasetError:
+        return None
+
+
 def test(model, root, shots: int = 4, seeds: Sequence[int] = (0,), out_dir=None, amp: bool | None = None) -> ResultTable:
     """The method's evaluation protocol on the prepared dataset at ``root``: the zero-shot table,
     or for a few-shot method the table over prompt seeds (prompt sets saved in ``out_dir/prompts``);
@@ -345,11 +377,7 @@ def test(model, root, shots: int = 4, seeds: Sequence[int] = (0,), out_dir=None,
     checked_shots_and_seeds(shots, seeds)
     if not method_of(model).few_shot:
         return evaluate(model, dataset_for(model, root), amp=amp)
-    try:
-        support = dataset_for(model, root, split="train")
-    except DatasetError:  # no training split: the prompts come from the test split's normal images
-        support = None
-    return evaluate_fewshot(model, dataset_for(model, root), support, shots=shots, seeds=seeds,
+    return evaluate_fewshot(model, dataset_for(model, root), support_set(model, root), shots=shots, seeds=seeds,
                             prompt_dir=Path(out_dir or "runs") / "prompts", amp=amp)
 
 
