@@ -34,7 +34,15 @@ def test_check_compares_numbers_within_a_tolerance_and_never_raises(capsys):
     assert check("q1", 0.5, 0.52, tolerance=0.05)
     assert not check("q2", None, 3)
     assert not check("q3", "bottle", "cable")
-    assert "not answered yet" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not answered yet" in out and "cable" not in out  # a wrong answer never shows the expected one
+
+
+def test_a_check_ending_a_cell_displays_nothing_but_its_printed_line():
+    from zsadlab.notebook import check
+
+    verdict = check("q", 1, 1)
+    assert verdict and hasattr(verdict, "_ipython_display_") and verdict._ipython_display_() is None
 
 
 def test_official_loads_the_pulled_vand_checkpoint_of_the_training_set_when_the_profile_is_meaningful(

@@ -251,6 +251,7 @@ def start(profile: str = "auto", device: str = "auto", data_root: str = "auto", 
     if not chosen.meaningful:
         torch.set_num_threads(1)
     seed_everything(0 if seed is None else seed)
+    viz.label_smoke_figures(not chosen.meaningful)  # every figure of a smoke run says it is a pipeline check
     viz.set_style()
     session = Session(
         profile=chosen, device=pick_device("cpu" if device == "auto" and not chosen.meaningful else device),
@@ -264,16 +265,34 @@ def start(profile: str = "auto", device: str = "auto", data_root: str = "auto", 
     return session
 
 
-def check(name: str, answer, expected, tolerance: float = 0.0) -> bool:
+class CheckResult:
+    """Whether an exercise's answer matched: true or false like a bool, and displays nothing when it
+    ends a notebook cell (the line :func:`check` printed says it)."""
+
+    def __init__(self, ok: bool):
+        self.ok = bool(ok)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __repr__(self) -> str:
+        return f"CheckResult({self.ok})"
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def check(name: str, answer, expected, tolerance: float = 0.0) -> CheckResult:
     """An exercise's automatic check: prints whether ``answer`` matches ``expected`` (numbers within
-    ``tolerance``, anything else by equality) and returns it; never raises, so a notebook with an
-    unanswered exercise (``answer is None``) still runs top to bottom."""
+    ``tolerance``, anything else by equality) - never the expected answer itself - and returns the
+    verdict; never raises, so a notebook with an unanswered exercise (``answer is None``) still runs
+    top to bottom."""
     if answer is None:
         print(f"{name}: not answered yet")
-        return False
+        return CheckResult(False)
     if isinstance(expected, (int, float)) and not isinstance(expected, bool):
         ok = abs(float(answer) - float(expected)) <= tolerance
     else:
         ok = answer == expected
-    print(f"{name}: {'correct' if ok else f'not yet (expected {expected!r}, got {answer!r})'}")
-    return ok
+    print(f"{name}: {'correct' if ok else f'not yet (your answer: {answer!r}) - try again'}")
+    return CheckResult(ok)

@@ -80,12 +80,38 @@ def save_figure(fig: plt.Figure, output_dir: str | os.PathLike | None, name: str
     return path
 
 
+SMOKE_LABEL = "SMOKE - pipeline check, not a result"
+
+
+class _SmokeFigures:
+    """Whether :func:`show` labels figures as a smoke run; set by :func:`label_smoke_figures` (the
+    notebooks' ``start`` does it from the profile), off by default."""
+
+    enabled = False
+
+
+def label_smoke_figures(enabled: bool) -> None:
+    """From now on, :func:`show` marks every figure with :data:`SMOKE_LABEL` (a faint diagonal
+    watermark) when ``enabled``: numbers from tiny random CLIPs must never look like results."""
+    _SmokeFigures.enabled = bool(enabled)
+
+
+def smoke_labelled(fig: plt.Figure) -> plt.Figure:
+    """``fig`` with the smoke watermark across it."""
+    fig.text(0.5, 0.5, SMOKE_LABEL.replace(" - ", "\n"), transform=fig.transFigure, ha="center", va="center",
+             rotation=20, fontsize=26, color="red", alpha=0.2, zorder=100)
+    return fig
+
+
 def show(fig: plt.Figure, output_dir: str | os.PathLike | None = None, name: str | None = None) -> None:
-    """Save ``fig`` (when ``output_dir`` and ``name`` are given), display it once in a notebook and close it.
+    """Save ``fig`` (when ``output_dir`` and ``name`` are given), display it once in a notebook and close it;
+    in a smoke run (:func:`label_smoke_figures`) watermarked as a pipeline check first.
 
     Returns nothing, so a cell ending with it shows only the figure (nbval does not honour a
     trailing ``;``, so ``save_figure``'s return value would otherwise be displayed too).
     """
+    if _SmokeFigures.enabled:
+        smoke_labelled(fig)
     if output_dir and name:
         save_figure(fig, output_dir, name)
     try:
