@@ -21,6 +21,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 from . import costs
@@ -255,13 +256,14 @@ def _planned(req: Request, S: Session, stem: str, session: dict) -> PlannedRun:
     try:
         model, dataset, run = S.training(req.method, req.data, **changes)
     except (DatasetError, UserError, RuntimeError) as err:  # data or weights not on this machine: price by the registry
-        config = _config(req.method, S, changes)
+        name = req.data.name if isinstance(req.data, DataRef) else str(req.data)
+        # the recipe's choices for this training set (VAND: train.sh's run by set), from its registry name
+        config = recipe.for_dataset(_config(req.method, S, changes), SimpleNamespace(root=S.data_root / name))
         epochs, batch = S.epochs or config.epochs, config.batch_size
         seed = get_method(req.method).seed if S.seed is None else S.seed
-        name = req.data.name if isinstance(req.data, DataRef) else str(req.data)
         steps = getattr(config, "steps_per_epoch", None)
         images = (S.steps_per_epoch or steps) * batch if steps else registry.split_images(
-            name, recipe.training_split, len(S.classes) if S.classes else None, S.max_images_per_class)
+            name, recipe.training_split, len(S.classes) if S.classes else S.classes_per_dataset, S.max_images_per_class)
         if images is not None and S.steps_per_epoch and not steps:
             images = min(images, S.steps_per_epoch * batch)
         total = images * epochs if images is not None else None
@@ -290,10 +292,11 @@ def plan(notebooks: Sequence[str | Path], overrides: dict | None = None, cache: 
                             "zsadlab/series.py")
         params = notebook_parameters(path, overrides)
         S = session_for({**params, "_stem": path.stem}, cache)
+        given = S.without_budget() or S  # the notebook's own budget: `course train`'s start applies the profile's again
         session = {"profile": S.profile.name, "data_root": str(S.data_root), "cache": str(S.cache),
                    "epochs": S.epochs, "image_size": S.image_size,
                    "classes": list(S.classes) if S.classes else None,
-                   "max_images_per_class": S.max_images_per_class, "steps_per_epoch": S.steps_per_epoch}
+                   "max_images_per_class": given.max_images_per_class, "steps_per_epoch": given.steps_per_epoch}
         for req in SERIES[path.stem](params, S):
             planned = _planned(req, S, path.stem, session)
             ident = planned.key or json.dumps(  # without data: the same method, config, data, seed and budget
