@@ -298,6 +298,7 @@ def start(profile: str = "auto", device: str = "auto", data_root: str = "auto", 
     applied = None if chosen.budget is None else dataclasses.replace(  # the profile's defaults the notebook left open
         chosen.budget, **{name: None for name, value in given.items() if value is not None})
     defaults = dataclasses.asdict(applied) if applied else {}
+    applied = applied if any(v is not None for v in defaults.values()) else None
     session = Session(
         profile=chosen, device=pick_device("cpu" if device == "auto" and not chosen.meaningful else device),
         data_root=viz.resolve_path("data" if data_root == "auto" else data_root),
