@@ -135,3 +135,11 @@ def test_lab_prices_its_evaluations_with_the_full_backbones_seconds():
 def test_the_cli_accepts_lab_by_name():
     args = parser().parse_args(["train", "--profile", "lab"])
     assert args.profile == "lab"
+
+
+def test_a_lab_subset_is_the_same_draw_whatever_the_training_seed(tmp_path, toy_lab, monkeypatch):
+    monkeypatch.setitem(PROFILES, TOY, dataclasses.replace(toy_lab, budget=Budget(max_images_per_class=3)))
+    S = _session(tmp_path, profile=TOY)
+    model = S.build("clip")
+    draws = [dataclasses.replace(S, seed=seed).dataset(S.train_name, model) for seed in (None, 111, 112)]
+    assert len({tuple(str(s.path) for s in d.samples) for d in draws}) == 1

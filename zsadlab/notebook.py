@@ -110,14 +110,17 @@ class Session:
         return ensure_dataset(name, self.data_root, seed=0)
 
     def budgeted(self, dataset: AnomalyDataset) -> AnomalyDataset:
-        """``dataset`` cut to the session's budget: the chosen ``classes`` and at most
-        ``max_images_per_class`` images per class (seeded, both labels kept)."""
+        """``dataset`` cut to the session's budget: the chosen ``classes`` (else the first ``classes_per_dataset``)
+        and at most ``max_images_per_class`` images per class (seeded, both labels kept). Under a profile budget
+        the draw's seed is 0 whatever the training seed, so every notebook (and every seed of an ablation) sees
+        the same subset and shares its runs; otherwise it is the session's seed."""
         classes = self.classes
         if classes is None and self.classes_per_dataset is not None:
             classes = dataset.classes[:self.classes_per_dataset]
         if classes is None and self.max_images_per_class is None:
             return dataset
-        return dataset.budget(classes=classes, max_images_per_class=self.max_images_per_class, seed=self.seed or 0)
+        seed = 0 if self.budget is not None else self.seed or 0
+        return dataset.budget(classes=classes, max_images_per_class=self.max_images_per_class, seed=seed)
 
     def dataset(self, name: str, model, split: str = "test", require_masks: bool = False) -> AnomalyDataset:
         """Split ``split`` of dataset ``name`` as ``model`` reads it, within the budget."""
