@@ -341,11 +341,12 @@ def evaluate_fewshot(model, dataset: AnomalyDataset, support: AnomalyDataset | N
 @torch.no_grad()
 def fewshot_outputs(model, dataset: AnomalyDataset, support: AnomalyDataset | None, fields: Sequence[str],
                     shots: int, seed: int, prompt_dir: str | Path, dataset_name: str,
-                    batch_size: int = 8) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                    batch_size: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """``({field: [N]}, labels [N])``: the named fields of a few-shot model's output
     ``model(x, prompts, class_name)`` (e.g. InCTRL's ``text_score`` ... ``final_score``) for every
-    query of ``dataset``, with the same prompt sets and left-out prompt images as :func:`evaluate_fewshot`."""
-    device = next(model.parameters()).device
+    query of ``dataset``, with the same prompt sets and left-out prompt images as :func:`evaluate_fewshot`
+    (``batch_size`` queries at a time, default: the method's evaluation batch)."""
+    device, batch_size = next(model.parameters()).device, batch_size or eval_batch_size(model)
     values: dict[str, list[float]] = {field: [] for field in fields}
     labels: list[int] = []
     for class_name in dataset.classes:
