@@ -46,11 +46,11 @@ def test_profiles_hold_no_method_setups_each_method_module_declares_its_own():
     from zsadlab import anomalyclip, inctrl, methods, vand, winclip
 
     assert set(f.name for f in dataclasses_fields(PROFILES["full"])) == {"name", "train_dataset", "test_dataset",
-                                                                         "meaningful"}
+                                                                         "meaningful", "budget"}
     for module, names in ((anomalyclip, ["anomalyclip", "coop"]), (inctrl, ["inctrl"]), (vand, ["vand"]),
                           (winclip, ["winclip"])):
         for name in names:
-            assert set(module.SETUPS) == set(methods.get_method(name).setups) == {"full", "smoke"}
+            assert set(module.SETUPS) == set(methods.get_method(name).setups) == {"full", "lab", "smoke"}
     assert PROFILES["smoke"].config("anomalyclip") == anomalyclip.SETUPS["smoke"].config
 
 

@@ -335,6 +335,7 @@ SETUPS: dict[str, Setup] = {
                    AnomalyCLIPConfig(features=(8,), dpam_blocks=5, epochs=1, batch_size=4,
                                      image_size=tiny_image_size("vit14-112")), eval_batch_size=4),
 }
+SETUPS["lab"] = SETUPS["full"]  # the lab profile: the full setup, within its budget (profiles.py)
 
 
 def preset_method(preset: str) -> Method:

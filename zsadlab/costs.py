@@ -28,6 +28,10 @@ _SMOKE = ("measured: `zsadlab course train --workers 2 --device cpu` on the smok
           "wall_time.json over the plan's images x epochs), the busy 2-core test machine, model build included")
 COSTS: dict[tuple[str, str], Cost] = {
     **{("full", m): _ANOMALYCLIP_FULL for m in ("anomalyclip", "anomalyclip_multilayer", "coop")},
+    **{("full", m): Cost(0.0, 0.48, "estimate: AnomalyCLIP's prediction, same backbone (ViT-L-14-336) and 518 px")
+       for m in ("clip", "clip_ac")},
+    ("full", "musc"): Cost(0.0, 0.5, "estimate, rough: AnomalyCLIP's prediction (same backbone and size) plus the "
+                                     "mutual scoring of a class's images, small at a budget's set sizes"),
     ("full", "vand"): Cost(0.48, 0.48, "estimate: AnomalyCLIP's, same backbone (ViT-L-14-336) and 518 px"),
     ("full", "inctrl"): Cost(0.1, 0.09, "estimate, rough: 2.1 s per query on 2 CPU cores (bench_inctrl.py) "
                                          "scaled by AnomalyCLIP's CPU-to-GPU ratio (about 23x)"),
@@ -37,7 +41,7 @@ COSTS: dict[tuple[str, str], Cost] = {
     ("smoke", "coop"): Cost(0.13, 0.05, _SMOKE),
     ("smoke", "vand"): Cost(0.18, 0.05, _SMOKE),
     ("smoke", "inctrl"): Cost(0.38, 0.05, _SMOKE + "; per query"),
-    ("smoke", "winclip"): Cost(0.0, 0.05, "estimate"),
+    **{("smoke", m): Cost(0.0, 0.05, "estimate") for m in ("winclip", "clip", "clip_ac", "musc")},
 }
 # A profile without its own row (e.g. lab) runs the full backbones at full size: full's seconds.
 SAME_DEVICE_COSTS = {"lab": "full"}
@@ -54,6 +58,11 @@ def cost(profile: str, method: str) -> Cost:
 def training_minutes(profile: str, method: str, images_x_epochs: int) -> float:
     """Minutes of one device to train ``images_x_epochs`` images of ``method`` in ``profile``."""
     return images_x_epochs * cost(profile, method).train_s / 60
+
+
+def prediction_minutes(profile: str, method: str, images: int) -> float:
+    """Minutes of one device to predict ``images`` images with ``method`` in ``profile``."""
+    return images * cost(profile, method).predict_s / 60
 
 
 def table() -> str:

@@ -509,6 +509,7 @@ SETUPS: dict[str, Setup] = {
                    InCTRLConfig(image_size=tiny_image_size("vit16-240"), epochs=1, batch_size=8, steps_per_epoch=6),
                    eval_batch_size=4),
 }
+SETUPS["lab"] = SETUPS["full"]  # the lab profile: the full setup, within its budget (profiles.py)
 
 register_method(Method(
     name="inctrl", learns="heads", setups=SETUPS, config_class=InCTRLConfig, seed=10,  # official cfg.RNG_SEED = 10

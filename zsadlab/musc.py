@@ -345,6 +345,7 @@ SETUPS: dict[str, Setup] = {
     "smoke": Setup(tiny_backbone("vit14-112"),
                    MuScConfig(feature_layers=(1, 3, 5, 7), image_size=tiny_image_size("vit14-112"))),
 }
+SETUPS["lab"] = SETUPS["full"]  # the lab profile: the full setup, within its budget (profiles.py)
 
 # Transductive: each class's whole test set is scored at once (``musc.py:139-248``); fp16 autocast on CUDA
 # as the official ``musc.py:161, 193`` (distances stay fp32, see :func:`nearest_patch_distances`).

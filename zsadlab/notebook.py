@@ -7,7 +7,8 @@
     S.summary(table)
 
 :func:`start` returns a :class:`Session`: the profile, the device, the resolved paths, the seed,
-the budget (``classes``, ``max_images_per_class``, ``epochs``, ``steps_per_epoch``) and the run
+the budget (``classes``, ``max_images_per_class``, ``epochs``, ``steps_per_epoch``; in the lab profile
+its :class:`~zsadlab.profiles.Budget` fills the ones the notebook leaves ``None``) and the run
 cache. Trainings go through :func:`zsadlab.engine.cache.load_or_train`, so a training that any
 notebook already ran (same method, config, data, seed, epochs and budget) is loaded, not redone;
 :meth:`Session.official` loads a pulled official checkpoint instead (full profile).
@@ -15,6 +16,7 @@ notebook already ran (same method, config, data, seed, epochs and budget) is loa
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from .data.registry import ANOMALYCLIP_BENCHMARK
 from .engine.cache import CACHE_ENV, CachedRun, RunSpec, load_or_train, log_request, run_spec
 from .methods import get_method
 from .pack import installed_reference
-from .profiles import Profile, get_profile
+from .profiles import Budget, Profile, get_profile
 from .utils import pick_device, seed_everything
 
 COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "aupro_mvtec", "aupro_anomalyclip")
@@ -63,6 +65,27 @@ class Session:
     classes: Sequence[str] | None = None
     max_images_per_class: int | None = None
     steps_per_epoch: int | None = None
+    classes_per_dataset: int | None = None  # the first N classes (sorted) of every dataset, where ``classes`` is None
+    budget: Budget | None = None  # the part of the profile's budget applied here (the notebook left it None)
+
+    @property
+    def budget_note(self) -> str:
+        """The budget of this session's data and trainings in words ("" without one): what every result
+        table and comparison figure of a budgeted run says."""
+        parts = [f"classes {list(self.classes)}" if self.classes else
+                 f"first {self.classes_per_dataset} classes of each dataset" if self.classes_per_dataset else "",
+                 f"<= {self.max_images_per_class} images per class" if self.max_images_per_class else "",
+                 f"<= {self.steps_per_epoch} training steps per epoch" if self.steps_per_epoch else ""]
+        note = ", ".join(p for p in parts if p)
+        return f"budget: {note}" if note else ""
+
+    def without_budget(self) -> "Session | None":
+        """This session without the profile's budget (the notebook's own budget kept): what the full-schedule
+        run is keyed by; None when no profile budget applies."""
+        if self.budget is None:
+            return None
+        dropped = {f.name: None for f in dataclasses.fields(Budget) if getattr(self.budget, f.name) is not None}
+        return dataclasses.replace(self, budget=None, **dropped)
 
     # --- names and sizes chosen by the profile ---------------------------------------------------
     @property
@@ -87,11 +110,17 @@ class Session:
         return ensure_dataset(name, self.data_root, seed=0)
 
     def budgeted(self, dataset: AnomalyDataset) -> AnomalyDataset:
-        """``dataset`` cut to the session's budget: the chosen ``classes`` and at most
-        ``max_images_per_class`` images per class (seeded, both labels kept)."""
-        if self.classes is None and self.max_images_per_class is None:
+        """``dataset`` cut to the session's budget: the chosen ``classes`` (else the first ``classes_per_dataset``)
+        and at most ``max_images_per_class`` images per class (seeded, both labels kept). Under a profile budget
+        the draw's seed is 0 whatever the training seed, so every notebook (and every seed of an ablation) sees
+        the same subset and shares its runs; otherwise it is the session's seed."""
+        classes = self.classes
+        if classes is None and self.classes_per_dataset is not None:
+            classes = dataset.classes[:self.classes_per_dataset]
+        if classes is None and self.max_images_per_class is None:
             return dataset
-        return dataset.budget(classes=self.classes, max_images_per_class=self.max_images_per_class, seed=self.seed or 0)
+        seed = 0 if self.budget is not None else self.seed or 0
+        return dataset.budget(classes=classes, max_images_per_class=self.max_images_per_class, seed=seed)
 
     def dataset(self, name: str, model, split: str = "test", require_masks: bool = False) -> AnomalyDataset:
         """Split ``split`` of dataset ``name`` as ``model`` reads it, within the budget."""
@@ -142,12 +171,22 @@ class Session:
                  **changes) -> tuple[torch.nn.Module, AnomalyDataset, RunSpec]:
         """What :meth:`trained` would train - the model, its training set and the run-cache
         :class:`RunSpec` (key included) - without training: the one path :meth:`trained` and the
-        course plan (``zsadlab course plan``) share, so the plan's keys are the notebooks' keys."""
+        course plan (``zsadlab course plan``) share, so the plan's keys are the notebooks' keys.
+        Under a profile budget it is the full-schedule run (the profile's budget dropped) where that one
+        is already in the run cache (e.g. from a course pack), else the run within the budget."""
+        model, data, spec, _ = self._training(method, train_name, **changes)
+        return model, data, spec
+
+    def _training(self, method: str, train_name, **changes):
+        """:meth:`training` and whether it is the budget's shortened run rather than the full-schedule one."""
         root = self.data(train_name or self.train_name)  # a missing dataset fails before any weights load
         model = self.build(method, **changes)
-        data = self.training_set(root, model)
-        return model, data, run_spec(model, data, epochs=self.epochs, seed=self.seed,
-                                     max_steps_per_epoch=self.steps_per_epoch)
+        full = self.without_budget()
+        for S in ([full] if full is not None else []) + [self]:
+            data = S.training_set(root, model)
+            spec = run_spec(model, data, epochs=S.epochs, seed=S.seed, max_steps_per_epoch=S.steps_per_epoch)
+            if S is self or spec.done(self.cache):
+                return model, data, spec, full is not None and S is self
 
     def trained(self, method: str, train_name: "str | Path | DataRef | None" = None,
                 **changes) -> tuple[torch.nn.Module, CachedRun]:
@@ -155,9 +194,12 @@ class Session:
         of a prepared dataset; default: the profile's auxiliary set) with its official recipe - or
         loaded from the run cache if this exact training already ran in any notebook (or came in a
         course pack: ``zsadlab course pack pull``)."""
-        model, data, _ = self.training(method, train_name, **changes)
-        run = load_or_train(model, data, self.cache, epochs=self.epochs, seed=self.seed,
-                            max_steps_per_epoch=self.steps_per_epoch)
+        model, data, spec, shortened = self._training(method, train_name, **changes)
+        if shortened:
+            print(f"{method}: shortened schedule, {self.profile.name} {self.budget_note} (the run cache holds no "
+                  "full-schedule run of it, e.g. from a course pack)")
+        run = load_or_train(model, data, self.cache, epochs=spec.epochs, seed=spec.seed,
+                            max_steps_per_epoch=spec.max_steps_per_epoch)
         print(f"{method} on {Path(data.root).name}: {run.action} ({run.folder.name})")
         return model, run
 
@@ -245,7 +287,9 @@ def start(profile: str = "auto", device: str = "auto", data_root: str = "auto", 
     ``device="auto"`` is the best device in the full profile and the CPU in the smoke profile
     (tiny models: one CPU thread is fastest and steadiest); relative paths are resolved against
     the repository root, whatever the notebook's working directory. ``cache``: the run cache
-    (default ``$ZSADLAB_CACHE``, else ``runs/cache``).
+    (default ``$ZSADLAB_CACHE``, else ``runs/cache``). The profile's :class:`~zsadlab.profiles.Budget`
+    (lab) is the default of each budget parameter left ``None`` (``classes`` None: its first
+    ``classes_per_dataset`` classes); explicit parameters win.
     """
     chosen = get_profile(profile)  # prints the SMOKE banner when the numbers are not meaningful
     if not chosen.meaningful:
@@ -253,14 +297,24 @@ def start(profile: str = "auto", device: str = "auto", data_root: str = "auto", 
     seed_everything(0 if seed is None else seed)
     viz.label_smoke_figures(not chosen.meaningful)  # every figure of a smoke run says it is a pipeline check
     viz.set_style()
+    given = {"classes_per_dataset": classes, "max_images_per_class": max_images_per_class,
+             "steps_per_epoch": steps_per_epoch}
+    applied = None if chosen.budget is None else dataclasses.replace(  # the profile's defaults the notebook left open
+        chosen.budget, **{name: None for name, value in given.items() if value is not None})
+    defaults = dataclasses.asdict(applied) if applied else {}
+    applied = applied if any(v is not None for v in defaults.values()) else None
     session = Session(
         profile=chosen, device=pick_device("cpu" if device == "auto" and not chosen.meaningful else device),
         data_root=viz.resolve_path("data" if data_root == "auto" else data_root),
         out=viz.resolve_path(output_dir), cache=viz.resolve_path(cache or os.environ.get(CACHE_ENV, CACHE)), seed=seed, epochs=epochs,
-        image_size=image_size, classes=classes, max_images_per_class=max_images_per_class,
-        steps_per_epoch=steps_per_epoch)
+        image_size=image_size, classes=classes, **{name: value if value is not None else defaults.get(name)
+                                                   for name, value in given.items() if name != "classes_per_dataset"},
+        classes_per_dataset=defaults.get("classes_per_dataset"), budget=applied)
     budget = "full data" if classes is None and max_images_per_class is None else \
         f"classes {list(classes) if classes else 'all'}, <= {max_images_per_class or 'all'} images per class"
+    viz.set_budget_note(session.budget_note if chosen.budget is not None else "")
+    if chosen.budget is not None:
+        budget = session.budget_note + " (shortened schedules only where the run cache has no full-schedule run)"
     print(f"profile: {chosen.name} | device: {session.device} | {budget} | figures -> {output_dir}")
     return session
 

@@ -1,7 +1,8 @@
-"""Run profiles: ``full`` (real CLIP weights, real datasets, GPU) and ``smoke`` (tiny CPU models).
+"""Run profiles: ``full`` (real CLIP weights, real datasets, GPU), ``lab`` (the same within a budget of
+about one GPU-hour per notebook) and ``smoke`` (tiny CPU models).
 
 A profile holds what is profile-wide: its datasets (auxiliary training set and zero-shot
-target) and whether its numbers mean anything. What it chooses *per method* - a backbone and
+target), whether its numbers mean anything and its default :class:`Budget` (``lab`` only). What it chooses *per method* - a backbone and
 a config (image size, feature blocks, training recipe) - is declared by each method module as
 its ``Setup`` for the profile's name (``Method.setups``); ``profile.config("inctrl")`` and
 ``profile.backbone("inctrl")`` look it up in the registry. Both profiles run exactly the same
@@ -9,7 +10,8 @@ code paths; the methods never branch on the profile. A new profile is one :data:
 entry here plus one ``Setup`` per method module.
 ``auto`` picks ``full`` when the weights of every full backbone are on disk (ViT-L-14-336 ``openai``,
 ViT-B-16-plus-240 ``laion400m_e31`` for WinCLIP and ``laion400m_e32`` for InCTRL: one file per
-tag) and ``smoke`` otherwise, with a banner, printed once, that names the missing weights.
+tag) and ``smoke`` otherwise, with a banner, printed once, that names the missing weights; it never
+picks ``lab``, which is chosen by name only (``--profile lab``, ``profile="lab"``).
 """
 from __future__ import annotations
 
@@ -18,6 +20,19 @@ from dataclasses import dataclass
 
 from .backbone import Backbone
 from .methods import Setup, get_method, method_names
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A profile's default budget, applied by :func:`zsadlab.notebook.start` wherever the notebook leaves
+    its own budget parameter ``None`` (the notebook's value wins): the first ``classes_per_dataset``
+    classes (sorted) of every dataset, at most ``max_images_per_class`` images per class (a seeded draw,
+    both labels kept), and training schedules cut to ``steps_per_epoch`` steps per epoch - only where the
+    full-schedule run is not already in the run cache (a course pack)."""
+
+    classes_per_dataset: int | None = None
+    max_images_per_class: int | None = None
+    steps_per_epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,7 @@ class Profile:
     train_dataset: str
     test_dataset: str
     meaningful: bool  # are its numbers comparable with the papers?
+    budget: Budget | None = None  # the default budget of its notebooks (None: full data and schedules)
 
     def setup(self, method: str) -> Setup:
         """The :class:`~zsadlab.methods.Setup` registered ``method`` declares for this profile."""
@@ -67,6 +83,11 @@ PROFILES: dict[str, Profile] = {
     # The papers' setups (PROTOCOL.md; each method module's "full" Setup): MVTec AD -> VisA.
     "full": Profile(name="full", train_dataset="mvtec", test_dataset="visa", meaningful=True),
     # Tiny random CLIPs (each method module's "smoke" Setup), synthetic data: same code paths, CPU, minutes.
+    # The full setups (each method module's "lab" Setup is its "full" one) and real data within a budget
+    # that keeps every notebook at about one GPU-hour by the cost model (python -m zsadlab.series lab).
+    # Real results on a stated subset: every table says the budget.
+    "lab": Profile(name="lab", train_dataset="mvtec", test_dataset="visa", meaningful=True,
+                   budget=Budget(classes_per_dataset=3, max_images_per_class=32, steps_per_epoch=6)),
     "smoke": Profile(name="smoke", train_dataset="synthetic_industrial", test_dataset="synthetic_ultrasound",
                      meaningful=False),
 }
@@ -95,9 +116,9 @@ def missing_full_weights() -> list[Backbone]:
 
 
 def get_profile(name: str = "auto", quiet: bool = False) -> Profile:
-    """The profile called ``name`` (``full``, ``smoke`` or ``auto``).
+    """The profile called ``name`` (``full``, ``lab``, ``smoke`` or ``auto``).
 
-    ``auto`` is ``full`` when the weights of every full backbone (three: one per model and tag)
+    ``auto`` is never ``lab``: it is ``full`` when the weights of every full backbone (three: one per model and tag)
     are already on this machine, else ``smoke``. Choosing smoke prints :data:`SMOKE_BANNER` once per process;
     under ``auto`` it names the missing weights.
     """

@@ -11,7 +11,10 @@ changes a parameter gets another key and load-or-train as before; ``tests/notebo
 checks that the plan's keys are exactly the keys the executed series logged.
 
 :func:`plan` turns the requests of the notebooks into the distinct trainings with their cost
-(:mod:`zsadlab.costs`): ``zsadlab course plan``.
+(:mod:`zsadlab.costs`): ``zsadlab course plan``. :data:`EVALUATIONS` declares, the same way, the
+predictions each notebook makes (main path, solutions off), so that :func:`notebook_minutes` prices a
+whole notebook - trainings plus evaluations - by the cost model: the README's cost columns,
+``python -m zsadlab.series lab``.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 from . import costs
@@ -157,7 +161,7 @@ def _11(p: dict, S: Session) -> list[Request]:
             + _official(S, "InCTRL", p["inctrl_checkpoint"], "inctrl", "inctrl"))
 
 
-def _none(p: dict, S: Session) -> list[Request]:
+def _none(p: dict, S: Session) -> list:
     return []
 
 
@@ -167,6 +171,112 @@ SERIES: dict[str, Callable[[dict, Session], list[Request]]] = {
     "06_zero_shot_evaluation": _06, "07_tn3k_zero_shot_vs_finetuning": _07, "08_inctrl_few_shot": _08,
     "09_playground": _09, "10_protocol_and_decisions": _10, "11_zero_shot_without_training": _11,
 }
+
+
+# --- the predictions each notebook makes (main path, solutions off) -------------------------------------
+@dataclass(frozen=True)
+class Evaluation:
+    """``passes`` predictions of every image of split ``split`` of ``dataset`` (within the session's budget) by
+    ``method`` (its row of the cost model), or of ``images`` images; ``train``: training images instead."""
+
+    method: str
+    dataset: str
+    passes: float = 1
+    split: str = "test"
+    images: int | None = None
+    train: bool = False
+
+
+def _benchmark_targets(S: Session, train: str) -> list[str]:
+    """The targets ``S.zero_shot_targets(train)`` picks where every one is prepared (an upper bound)."""
+    return [n for n in (registry.ANOMALYCLIP_BENCHMARK if S.profile.meaningful else (S.test_name,)) if n != train]
+
+
+def _e01(p: dict, S: Session) -> list[Evaluation]:
+    name = _given(p["dataset"], S.train_name if S.profile.meaningful else S.test_name)
+    return [Evaluation(m, name) for m in ("clip", "clip_ac", "winclip")]
+
+
+def _e02(p: dict, S: Session) -> list[Evaluation]:  # 4 DPAM variants x n_seeds + the multi-layer run (+ a checkpoint)
+    return [Evaluation("anomalyclip", _given(p["eval_dataset"], S.test_name), 4 * p["n_seeds"] + 1 + bool(p["checkpoint"]))]
+
+
+def _e03(p: dict, S: Session) -> list[Evaluation]:  # 4 prompt variants, then AnomalyCLIP and CoOp per target
+    chosen = (["visa", "mpdd", "btad"] if S.profile.meaningful else [S.test_name]) if p["targets"] == "auto" \
+        else list(p["targets"])
+    return [Evaluation("anomalyclip", _given(p["eval_dataset"], S.test_name), 4)] + \
+        [Evaluation(m, t) for t in chosen for m in ("anomalyclip", "coop")]
+
+
+def _e04(p: dict, S: Session) -> list[Evaluation]:  # 3 loss settings
+    return [Evaluation("anomalyclip", _given(p["eval_dataset"], S.test_name), 3)]
+
+
+def _e05(p: dict, S: Session) -> list[Evaluation]:  # evaluation, a timed class, the official checkpoint's; the demos' 13 steps
+    return [Evaluation("anomalyclip", _given(p["eval_dataset"], S.test_name), 3),
+            Evaluation("anomalyclip", _given(p["dataset"], S.train_name), images=13 * 8, train=True)]
+
+
+def _e06(p: dict, S: Session) -> list[Evaluation]:  # every method on every target, AnomalyCLIP's curves once more
+    train = _given(p["dataset"], S.train_name)
+    targets = _benchmark_targets(S, train) if p["eval_datasets"] == "auto" else list(p["eval_datasets"])
+    methods = ["anomalyclip", "coop", "vand", "winclip"] + (["clip", "clip_ac"] if p["with_clip"] else [])
+    return [Evaluation(m, t, 2 if m == "anomalyclip" else 1) for t in targets for m in methods]
+
+
+def _e07(p: dict, S: Session) -> list[Evaluation]:  # 2-3 models on the target, the ColonDB run on 4 medical sets
+    target = _given(p["target"], "tn3k" if S.profile.meaningful else S.test_name)
+    cross = ["headct", "brainmri", "isic", "covid19"] if S.profile.meaningful else [S.train_name]
+    return [Evaluation("anomalyclip", target, 3 if S.profile.meaningful or p["visa_checkpoint"] else 2)] + \
+        [Evaluation("anomalyclip", name) for name in cross]
+
+
+def _e08(p: dict, S: Session) -> list[Evaluation]:  # 3 methods x shots x prompt seeds, zero-shot AnomalyCLIP, the parts
+    target, runs = _given(p["eval_dataset"], S.test_name), len(p["shots_list"]) * len(p["prompt_seeds"])
+    return [Evaluation(m, target, runs) for m in ("inctrl", "winclip", "vand")] + \
+        [Evaluation("anomalyclip", target), Evaluation("inctrl", target)]
+
+
+def _e10(p: dict, S: Session) -> list[Evaluation]:  # predictions and the table of the target, its held-out normals
+    target = _given(p["target"], S.test_name if S.profile.meaningful else S.train_name)
+    return [Evaluation("anomalyclip", target, 2), Evaluation("anomalyclip", target, split="train")]
+
+
+def _e11(p: dict, S: Session) -> list[Evaluation]:  # MuSc's table and its two ablations on one class, then 2 methods
+    target = _given(p["dataset"], S.test_name)
+    return [Evaluation("musc", target, 4), Evaluation("anomalyclip", target), Evaluation("inctrl", target)]
+
+
+EVALUATIONS: dict[str, Callable[[dict, Session], list[Evaluation]]] = {
+    "00_setup_and_data": _none, "01_clip_baseline_failure": _e01, "02_dpam": _e02, "03_object_agnostic_prompts": _e03,
+    "04_global_local_optimization": _e04, "05_training_on_gpu": _e05, "06_zero_shot_evaluation": _e06,
+    "07_tn3k_zero_shot_vs_finetuning": _e07, "08_inctrl_few_shot": _e08, "09_playground": _none,
+    "10_protocol_and_decisions": _e10, "11_zero_shot_without_training": _e11,
+}
+
+
+def evaluation_images(e: Evaluation, S: Session) -> int | None:
+    """Images of one pass of ``e`` within ``S``'s budget by the registry's split sizes; for a set without recorded
+    sizes, the budget's cap (classes x images per class: an upper bound); None: unknown."""
+    if e.images is not None:
+        return e.images
+    classes = len(S.classes) if S.classes else S.classes_per_dataset
+    images = registry.split_images(e.dataset, e.split, classes, S.max_images_per_class)
+    if images is None and classes and S.max_images_per_class:
+        images = classes * S.max_images_per_class
+    return images
+
+
+def evaluation_minutes(evaluations: Sequence[Evaluation], S: Session) -> float | None:
+    """Minutes of ``evaluations`` by the cost model in ``S``'s profile; None when an image count is unknown."""
+    total = 0.0
+    for e in evaluations:
+        images = evaluation_images(e, S)
+        if images is None:
+            return None
+        minutes = costs.training_minutes if e.train else costs.prediction_minutes
+        total += minutes(S.profile.name, e.method, round(images * e.passes))
+    return total
 
 
 # --- notebook parameters -------------------------------------------------------------------------------
@@ -255,13 +365,14 @@ def _planned(req: Request, S: Session, stem: str, session: dict) -> PlannedRun:
     try:
         model, dataset, run = S.training(req.method, req.data, **changes)
     except (DatasetError, UserError, RuntimeError) as err:  # data or weights not on this machine: price by the registry
-        config = _config(req.method, S, changes)
+        name = req.data.name if isinstance(req.data, DataRef) else str(req.data)
+        # the recipe's choices for this training set (VAND: train.sh's run by set), from its registry name
+        config = recipe.for_dataset(_config(req.method, S, changes), SimpleNamespace(root=S.data_root / name))
         epochs, batch = S.epochs or config.epochs, config.batch_size
         seed = get_method(req.method).seed if S.seed is None else S.seed
-        name = req.data.name if isinstance(req.data, DataRef) else str(req.data)
         steps = getattr(config, "steps_per_epoch", None)
         images = (S.steps_per_epoch or steps) * batch if steps else registry.split_images(
-            name, recipe.training_split, len(S.classes) if S.classes else None, S.max_images_per_class)
+            name, recipe.training_split, len(S.classes) if S.classes else S.classes_per_dataset, S.max_images_per_class)
         if images is not None and S.steps_per_epoch and not steps:
             images = min(images, S.steps_per_epoch * batch)
         total = images * epochs if images is not None else None
@@ -290,10 +401,11 @@ def plan(notebooks: Sequence[str | Path], overrides: dict | None = None, cache: 
                             "zsadlab/series.py")
         params = notebook_parameters(path, overrides)
         S = session_for({**params, "_stem": path.stem}, cache)
+        given = S.without_budget() or S  # the notebook's own budget: `course train`'s start applies the profile's again
         session = {"profile": S.profile.name, "data_root": str(S.data_root), "cache": str(S.cache),
                    "epochs": S.epochs, "image_size": S.image_size,
                    "classes": list(S.classes) if S.classes else None,
-                   "max_images_per_class": S.max_images_per_class, "steps_per_epoch": S.steps_per_epoch}
+                   "max_images_per_class": given.max_images_per_class, "steps_per_epoch": given.steps_per_epoch}
         for req in SERIES[path.stem](params, S):
             planned = _planned(req, S, path.stem, session)
             ident = planned.key or json.dumps(  # without data: the same method, config, data, seed and budget
@@ -314,6 +426,35 @@ def minutes_by_notebook(runs: Sequence[PlannedRun]) -> dict[str, float]:
         stem = run.requested_by[0].split(":")[0]
         minutes[stem] = minutes.get(stem, 0.0) + (run.minutes or 0.0)
     return minutes
+
+
+def notebook_minutes(notebooks: Sequence[str | Path], overrides: dict | None = None,
+                     cache: str | Path | None = None) -> dict[str, dict[str, float | None]]:
+    """``{stem: {"training", "evaluation", "total"}}``: each notebook's device-minutes by the cost model - its
+    planned trainings (:func:`minutes_by_notebook`: each run where first requested) plus its
+    :data:`EVALUATIONS` - under parameters ``overrides`` (e.g. ``{"profile": "lab"}``); None: not priced."""
+    training = minutes_by_notebook(plan(notebooks, overrides, cache))
+    minutes = {}
+    for path in map(Path, notebooks):
+        params = notebook_parameters(path, overrides)
+        S = session_for({**params, "_stem": path.stem}, cache)
+        evaluation = evaluation_minutes(EVALUATIONS[path.stem](params, S), S)
+        trained = training.get(path.stem, 0.0)
+        minutes[path.stem] = {"training": trained, "evaluation": evaluation,
+                              "total": None if evaluation is None else trained + evaluation}
+    return minutes
+
+
+def minutes_table(minutes: dict[str, dict[str, float | None]]) -> str:
+    """:func:`notebook_minutes` as the README's markdown table, with the series' total."""
+    def shown(value):
+        return "?" if value is None else f"{value:.0f}" if value >= 1 else "< 1" if value else "0"
+    lines = ["| # | trainings (min) | evaluations (min) | total (min) |", "|---|---|---|---|"]
+    lines += [f"| {stem[:2]} | {shown(m['training'])} | {shown(m['evaluation'])} | {shown(m['total'])} |"
+              for stem, m in minutes.items()]
+    totals = [m["total"] for m in minutes.values()]
+    lines.append(f"| all | | | {'?' if None in totals else f'{sum(totals):.0f}'} |")
+    return "\n".join(lines)
 
 
 def plan_table(runs: Sequence[PlannedRun]) -> str:
@@ -342,3 +483,12 @@ def plan_table(runs: Sequence[PlannedRun]) -> str:
     if needs:
         lines.append(f"{len(needs)} key(s) need data not prepared here; e.g. {needs[0].needs}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m zsadlab.series [PROFILE]: minutes per notebook by the cost model
+    import sys
+
+    from .course import SERIES_DIR, notebook_paths
+
+    profile = sys.argv[1] if len(sys.argv) > 1 else "lab"
+    sys.stdout.write(minutes_table(notebook_minutes(notebook_paths([SERIES_DIR]), {"profile": profile})) + "\n")

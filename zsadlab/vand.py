@@ -545,6 +545,7 @@ SETUPS: dict[str, Setup] = {
                    VANDConfig(features=(2, 4, 6, 8), image_size=tiny_image_size("vit14-112"), epochs=1),
                    eval_batch_size=4),
 }
+SETUPS["lab"] = SETUPS["full"]  # the lab profile: the full setup, within its budget (profiles.py)
 
 # Official seed 111 (train.py); train.py and test.py run under torch.cuda.amp.autocast(): fp16 on CUDA.
 for _name, _fewshot in (("vand", {}),

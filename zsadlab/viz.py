@@ -29,9 +29,10 @@ from .utils import atomic_path
 OPENAI_MEAN, OPENAI_STD = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # the images' normalisation (CLIP)
 MAP_CMAP = "jet"  # the papers' anomaly-map colours
 ATTENTION_CMAP = "viridis"
+_BUDGET_NOTE = {"note": ""}  # what set_budget_note set: appended to the titles of result tables and figures
 
 __all__ = [
-    "set_style", "repo_root", "resolve_path", "figure_path", "show", "to_rgb", "to_numpy", "save_figure",
+    "set_style", "set_budget_note", "repo_root", "resolve_path", "figure_path", "show", "to_rgb", "to_numpy", "save_figure",
     "plot_overlay", "plot_sample_grid", "plot_map_grid", "plot_attention", "plot_attention_rows",
     "plot_roc_curves", "plot_pro_curves", "plot_bars", "plot_comparison", "plot_loss_curves", "plot_k_shot", "plot_confusion_matrix",
     "plot_thresholds",
@@ -45,6 +46,18 @@ def set_style(context: str = "notebook", dpi: int = 100) -> None:
     sns.set_theme(context=context, style="whitegrid", palette="colorblind")
     plt.rcParams.update({"figure.dpi": dpi, "savefig.dpi": dpi, "savefig.bbox": "tight",
                          "axes.titleweight": "bold", "image.interpolation": "nearest"})
+
+
+def set_budget_note(note: str) -> None:
+    """From now on every result table (:func:`print_table`) and result figure (:func:`plot_comparison`,
+    :func:`plot_bars`, :func:`plot_k_shot`) says ``note`` in its title ("": nothing) - the budget of a
+    budgeted run (``zsadlab.notebook.start`` sets it from the session's ``budget_note``)."""
+    _BUDGET_NOTE["note"] = note
+
+
+def _noted(title: str) -> str:
+    """``title`` with the budget note (:func:`set_budget_note`) on a line of its own, if there is one."""
+    return f"{title}\n[{_BUDGET_NOTE['note']}]" if _BUDGET_NOTE["note"] and title else title
 
 
 def repo_root(start: str | os.PathLike | None = None) -> Path:
@@ -356,7 +369,7 @@ def plot_bars(results: Mapping[str, Mapping[str, float]], title: str = "Ablation
             for bar in container:
                 bar.set_hatch("//")
                 bar.set_alpha(0.6)
-    ax.set(title=title, ylabel=ylabel, xlabel=xlabel)
+    ax.set(title=_noted(title), ylabel=ylabel, xlabel=xlabel)
     if ylim:
         ax.set_ylim(*ylim)
     ax.legend(fontsize=8, title="setting", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -407,7 +420,7 @@ def plot_comparison(this_run: Mapping[str, Mapping[str, float]],
                 ax.text(xi, ylim[0] if ylim else 0.0, NOT_REPORTED, rotation=90, ha="center", va="bottom", fontsize=7)
                 flagged = True
     ax.set_xticks(np.arange(len(metrics)), metrics)
-    heading = title + (f"\nSMOKE: faded bars are a {SMOKE_SERIES}, not a result" if smoke else "")
+    heading = _noted(title) + (f"\nSMOKE: faded bars are a {SMOKE_SERIES}, not a result" if smoke else "")
     ax.set(title=heading, ylabel=ylabel, xlabel=xlabel)
     if ylim:
         ax.set_ylim(*ylim)
@@ -463,7 +476,7 @@ def plot_k_shot(results: Mapping[str, Mapping[int, Sequence[float]]], title: str
                         color=line.get_color(), label=f"{name}{run}: min-max over seeds")
     for name, value in (hlines or {}).items():
         ax.axhline(scale * value, ls=":", c="grey", label=name + run)
-    ax.set(title=title + (f"\nSMOKE: faded curves are a {SMOKE_SERIES}, not a result" if smoke else ""),
+    ax.set(title=_noted(title) + (f"\nSMOKE: faded curves are a {SMOKE_SERIES}, not a result" if smoke else ""),
            xlabel="k (normal shots)", ylabel=ylabel)
     ax.set_xticks(sorted({k for d in results.values() for k in d}))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
@@ -555,9 +568,9 @@ def format_table(rows: Mapping[str, Mapping[str, float]], decimals: int = 2, ind
 
 def print_table(rows: Mapping[str, Mapping[str, float]], decimals: int = 2, index_name: str = "setting",
                 title: str | None = None, percent: bool = False) -> None:
-    """Print :func:`format_table` (with an optional title line)."""
+    """Print :func:`format_table` (with an optional title line, and the budget note, :func:`set_budget_note`)."""
     if title:
-        print(title)
+        print(_noted(title))
     print(format_table(rows, decimals, index_name, percent))
 
 

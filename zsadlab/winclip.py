@@ -379,6 +379,7 @@ SETUPS: dict[str, Setup] = {
     "smoke": Setup(tiny_backbone("vit16-240"), WinCLIPConfig(image_size=tiny_image_size("vit16-240")),
                    eval_batch_size=4),
 }
+SETUPS["lab"] = SETUPS["full"]  # the lab profile: the full setup, within its budget (profiles.py)
 
 register_method(Method(name="winclip", learns="nothing", setups=SETUPS, config_class=WinCLIPConfig,
                        build=clip_model_builder(WinCLIP)))

@@ -281,7 +281,7 @@ def split_images(name: str, split: str, classes: int | None = None, max_images_p
     images = sizes.get("train", 0) + sizes["test"] if split == "inctrl_train" else sizes.get(split)
     if images is None or max_images_per_class is None:
         return images
-    return min(images, (classes or sizes["classes"]) * max_images_per_class)
+    return min(images, min(classes or sizes["classes"], sizes["classes"]) * max_images_per_class)
 
 
 # The 17 datasets of the AnomalyCLIP paper's zero-shot tables (Table 1: industrial, Table 2: medical).
