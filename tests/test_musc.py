@@ -132,3 +132,18 @@ def test_even_neighbourhood_sizes_are_rejected():
 
 def test_feature_layers_count_from_zero_as_the_official_config():
     assert MuScConfig().blocks == (6, 12, 18, 24)
+
+
+def test_the_evaluation_uses_the_official_rscin_neighbourhoods_of_the_test_set_1_8_9_on_visa(marked_toy_set,
+                                                                                           monkeypatch):
+    import numpy as np
+
+    from zsadlab import engine, musc
+    from zsadlab.profiles import get_profile
+
+    seen = []
+    monkeypatch.setattr(musc, "rscin", lambda scores, cls, k_list: seen.append(tuple(k_list)) or np.zeros(len(scores)))
+    for name in ("visa", "mvtec"):  # the same toy images, marked as either registry dataset
+        model = engine.build_model("musc", get_profile("smoke", quiet=True), "cpu")
+        engine.evaluate(model, marked_toy_set(name), progress=False)
+    assert seen == [(1, 8, 9), (1, 8, 9), (1, 2, 3), (1, 2, 3)]  # two classes each (musc.py:242-247)

@@ -146,6 +146,8 @@ class Method:
     and tests; the engine's default on CUDA (:func:`run_precision`), fp32 elsewhere.
     ``transductive``: its ``predict`` scores one class's whole unlabeled test set at once (of at
     least ``min_images`` images), see :class:`AnomalyModel`.
+    ``for_test_set(config, dataset_name) -> config``: the settings its official test script chooses by
+    the test set's name (MuSc's RsCIN neighbourhoods on VisA), applied by the evaluation.
     """
 
     name: str
@@ -162,6 +164,7 @@ class Method:
     precision: str = "fp32"
     transductive: bool = False
     min_images: int = 1
+    for_test_set: Callable[[Any, str | None], Any] | None = None
 
     def __post_init__(self):
         checked_resize_mode(self.resize)

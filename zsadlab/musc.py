@@ -340,6 +340,12 @@ class MuSc(nn.Module):
         return self.score_tokens(cls.cpu().numpy(), tokens, subsets)
 
 
+def config_for_test_set(config: MuScConfig, dataset_name: str | None) -> MuScConfig:
+    """The official RsCIN neighbourhoods for a test set: ``k_list`` (1, 8, 9) on VisA, (1, 2, 3) on any
+    other (``musc.py:242-247`` chooses them by the dataset's name, whatever the caller set)."""
+    return dataclasses.replace(config, k_list=(1, 8, 9) if dataset_name == "visa" else (1, 2, 3))
+
+
 SETUPS: dict[str, Setup] = {
     "full": Setup(Backbone("ViT-L-14-336", "openai"), MuScConfig()),
     "smoke": Setup(tiny_backbone("vit14-112"),
@@ -351,5 +357,5 @@ SETUPS["lab"] = SETUPS["full"]  # the lab profile: the full setup, within its bu
 # as the official ``musc.py:161, 193`` (distances stay fp32, see :func:`nearest_patch_distances`).
 register_method(Method(name="musc", learns="nothing", setups=SETUPS, config_class=MuScConfig, seed=42,
                        build=clip_model_builder(MuSc), precision="fp16", transductive=True,
-                       min_images=min_set_size(MuScConfig())))
+                       min_images=min_set_size(MuScConfig()), for_test_set=config_for_test_set))
 

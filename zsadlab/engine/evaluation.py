@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import fewshot
-from ..data import AnomalyDataset, DatasetError, collate
+from ..data import AnomalyDataset, DatasetError, collate, dataset_name
 from ..errors import InputError, UserError
 from ..metrics import UndefinedMetricError, get_metric
 from ..utils import pick_device, write_json_atomic, write_text_atomic
@@ -208,6 +208,14 @@ class ResultTable:
                                   "covered": {c: self.covered(c) for c in self.columns}}, path)
 
 
+def configure_for_test(model, dataset) -> None:
+    """Set ``model.config`` to what the method's official test script uses on this test set, chosen by
+    the set's registry name (``Method.for_test_set``; e.g. MuSc's RsCIN ``k_list`` on VisA)."""
+    spec = registered_method(model)
+    if spec is not None and spec.for_test_set is not None and getattr(dataset, "root", None) is not None:
+        model.config = spec.for_test_set(model.config, dataset_name(dataset.root))
+
+
 def evaluate(model, dataset: AnomalyDataset | str | os.PathLike, batch_size: int | None = None, device=None,
              progress: bool = True, columns: Sequence[str] = METRIC_COLUMNS, amp: bool | None = None) -> ResultTable:
     """Per-class table over ``dataset`` (official protocol: metrics per class, then the mean); a
@@ -221,6 +229,7 @@ def evaluate(model, dataset: AnomalyDataset | str | os.PathLike, batch_size: int
     elif not hasattr(dataset, "classes"):
         raise TypeError(f"evaluate() takes a dataset (engine.dataset_for(model, root)) or its folder, "
                         f"got {type(dataset).__name__}")
+    configure_for_test(model, dataset)
     table = ResultTable(columns=tuple(columns))
     for class_name, pred in class_predictions(model, dataset, batch_size, device, progress, amp):
         table.rows.append({"class": class_name, **class_metrics(pred, columns)})
