@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_anomalyclip  # benchmarks/, beside this script
 import open_clip
 import torch
 
@@ -52,18 +53,8 @@ def random_full_profile():
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
-    fn()
-    runs = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
+    """Median seconds of ``repeats`` calls after one warm-up call (:func:`bench_anomalyclip.timed`)."""
+    return statistics.median(bench_anomalyclip.timed(fn, repeats, device))
 
 
 def images(model, batch: int, device) -> torch.Tensor:

@@ -29,6 +29,23 @@ def clip():
     return tiny_clip("vit14-112", seed=0)
 
 
+@pytest.fixture(scope="module")
+def smoke():
+    """The smoke profile (tiny CLIPs), without its banner."""
+    from zsadlab.profiles import get_profile
+
+    return get_profile("smoke", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory) -> dict[str, Path]:
+    """Both synthetic smoke datasets, prepared (seed 0) in one folder per test module."""
+    from zsadlab.data import ensure_dataset
+
+    base = tmp_path_factory.mktemp("data")
+    return {name: ensure_dataset(name, base, seed=0) for name in ("synthetic_industrial", "synthetic_ultrasound")}
+
+
 @pytest.fixture
 def write_image() -> Callable[..., Path]:
     """``write_image(path, size=(W, H), value=..., mode="RGB")``: a flat or random image file, parents created."""

@@ -5,21 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from zsadlab.data import ensure_dataset
 from zsadlab.engine import ResultTable, build_model, dataset_for, evaluate, predict_dataset, train
-from zsadlab.profiles import get_profile
 from zsadlab.utils import seed_everything
-
-
-@pytest.fixture(scope="module")
-def smoke():
-    return get_profile("smoke", quiet=True)
-
-
-@pytest.fixture(scope="module")
-def roots(tmp_path_factory):
-    base = tmp_path_factory.mktemp("data")
-    return {name: ensure_dataset(name, base, seed=0) for name in ("synthetic_industrial", "synthetic_ultrasound")}
 
 
 @pytest.mark.slow

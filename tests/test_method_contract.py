@@ -19,7 +19,6 @@ import torch.nn as nn
 from zsadlab import cli, engine, methods
 from zsadlab.backbone import freeze, tiny_backbone, tiny_image_size
 from zsadlab.checkpoints import read_checkpoint
-from zsadlab.data import ensure_dataset
 from zsadlab.engine.training import RESUME_FILE
 from zsadlab.errors import InputError
 from zsadlab.methods import (
@@ -34,7 +33,6 @@ from zsadlab.methods import (
     method_names,
     shuffled_batches,
 )
-from zsadlab.profiles import get_profile
 from zsadlab.utils import save_torch_atomic
 
 # --- a toy learning method: a head on CLIP's image embedding, placed inside ``clip`` -------------------
@@ -139,17 +137,6 @@ def toys(monkeypatch):
     """The toy methods, registered for each test and gone afterwards (no edit anywhere else)."""
     for name, method in TOYS.items():
         monkeypatch.setitem(methods._REGISTRY, name, method)
-
-
-@pytest.fixture(scope="module")
-def smoke():
-    return get_profile("smoke", quiet=True)
-
-
-@pytest.fixture(scope="module")
-def roots(tmp_path_factory):
-    base = tmp_path_factory.mktemp("data")
-    return {name: ensure_dataset(name, base, seed=0) for name in ("synthetic_industrial", "synthetic_ultrasound")}
 
 
 def inputs_of(name, model, roots):
