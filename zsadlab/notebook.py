@@ -24,9 +24,11 @@ from typing import Sequence
 
 import os
 
+import numpy as np
 import torch
 
 from . import engine, pretrained, viz
+from .answers import expected  # noqa: F401  (the notebooks' check cells: check(name, answer, expected(key, ...)))
 from .data import AnomalyDataset, DatasetError, ensure_dataset
 from .data.registry import ANOMALYCLIP_BENCHMARK
 from .engine.cache import CACHE_ENV, CachedRun, RunSpec, load_or_train, log_request, run_spec
@@ -337,16 +339,36 @@ class CheckResult:
 
 
 def check(name: str, answer, expected, tolerance: float = 0.0) -> CheckResult:
-    """An exercise's automatic check: prints whether ``answer`` matches ``expected`` (numbers within
-    ``tolerance``, anything else by equality) - never the expected answer itself - and returns the
-    verdict; never raises, so a notebook with an unanswered exercise (``answer is None``) still runs
-    top to bottom."""
+    """An exercise's automatic check: prints whether ``answer`` matches ``expected`` - numbers within
+    ``tolerance``, arrays element-wise within it (same shape), anything else by equality - never the
+    expected answer itself, and returns the verdict. ``expected=None`` is an answer this run cannot
+    grade (a prediction about a full-profile run checked in a smoke run): the answer is recorded, not
+    judged. Never raises, so a notebook with an unanswered exercise (``answer is None``) still runs
+    top to bottom. Expected values come from :func:`zsadlab.answers.expected`, out of the student's cell."""
     if answer is None:
         print(f"{name}: not answered yet")
         return CheckResult(False)
-    if isinstance(expected, (int, float)) and not isinstance(expected, bool):
-        ok = abs(float(answer) - float(expected)) <= tolerance
-    else:
-        ok = answer == expected
+    if expected is None:
+        print(f"{name}: answer recorded ({answer!r}); this run cannot grade it - its numbers are not meaningful "
+              f"(smoke profile). Compare with a full-profile run or your instructor's reference run.")
+        return CheckResult(False)
+    ok = matches(answer, expected, tolerance)
     print(f"{name}: {'correct' if ok else f'not yet (your answer: {answer!r}) - try again'}")
     return CheckResult(ok)
+
+
+def matches(answer, expected, tolerance: float = 0.0) -> bool:
+    """Whether ``answer`` is ``expected``: numbers within ``tolerance``, arrays (numpy or torch) of the same
+    shape element-wise within it, anything else by equality; an answer of the wrong kind is no match."""
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        try:
+            return abs(float(answer) - float(expected)) <= tolerance
+        except (TypeError, ValueError):
+            return False
+    if isinstance(expected, (np.ndarray, torch.Tensor)):
+        try:
+            answer, expected = np.asarray(answer, np.float64), np.asarray(expected, np.float64)
+        except (TypeError, ValueError):
+            return False
+        return answer.shape == expected.shape and bool(np.all(np.abs(answer - expected) <= tolerance))
+    return answer == expected

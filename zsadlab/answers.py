@@ -1,0 +1,189 @@
+"""The expected answers of the notebooks' exercises, computed here so that no student cell shows them.
+
+A notebook's check cell reads ``check("2. ...", answer, expected("04.3", results=results))``: the key is
+``"<notebook>.<exercise>"`` and the keyword arguments are what the run measured. Each answer is either a
+fact of the papers (read from :mod:`zsadlab.references`), a fact of the code or the data (computed the
+way the solution computes it), or a measurement of this run. A prediction about a *full-profile* run
+returns ``None`` when the run is not meaningful (the smoke profile's tiny random CLIP): :func:`zsadlab.
+notebook.check` then records the answer without grading it, instead of grading it against noise.
+
+Instructors: this module is the answer key. Students who open it spoil their own exercises.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+
+from . import calibration, metrics, references
+from .data import AnomalyDataset
+from .engine.evaluation import fewshot_outputs
+from .musc import interval_bounds
+
+ANSWERS: dict[str, Callable[..., object]] = {}
+
+
+def answer(key: str):
+    """Register the function that computes exercise ``key``'s expected answer."""
+    def register(function):
+        ANSWERS[key] = function
+        return function
+    return register
+
+
+def expected(key: str, **context):
+    """The expected answer of exercise ``key`` (e.g. ``"04.3"``) given what the run measured (``context``);
+    ``None`` where this run cannot grade it."""
+    if key not in ANSWERS:
+        raise KeyError(f"no exercise {key!r}; known: {', '.join(sorted(ANSWERS))}")
+    return ANSWERS[key](**context)
+
+
+def best(values: Mapping[str, float]) -> str:
+    """The key of the largest value."""
+    return max(values, key=values.get)
+
+
+def worst(values: Mapping[str, float]) -> str:
+    """The key of the smallest value."""
+    return min(values, key=values.get)
+
+
+def paper_values(methods: Mapping[str, str], dataset: str, metric: str, setting: str = "zero_shot") -> dict[str, float]:
+    """``{label: value}`` of the reported ``metric`` for each ``{label: method}`` (unreported ones left out)."""
+    found = {label: references.lookup(method, dataset, metric, setting) for label, method in methods.items()}
+    return {label: record.value for label, record in found.items() if record is not None}
+
+
+# --- facts of the data and the code ----------------------------------------------------------
+
+
+@answer("00.1")
+def mean_defect_area(root) -> float:
+    """Mean over classes of the mean anomalous fraction of a defective test image, in %."""
+    dataset = AnomalyDataset(root, split="test", image_size=None)
+    per_class = []
+    for name in dataset.classes:
+        view = dataset.subset(name)
+        per_class.append(np.mean([float(view[i]["mask"].mean()) for i in range(len(view)) if view.labels[i] == 1]))
+    return 100 * float(np.mean(per_class))
+
+
+@answer("05.1")
+def shallow_trainable_parameters(model) -> int:
+    """With ``depth=1`` only the two context blocks learn: ``2 * n_ctx * text width``."""
+    width = next(p.shape[-1] for n, p in model.named_parameters() if n.endswith("ctx_pos"))
+    return 2 * model.config.n_ctx * width
+
+
+@answer("11.1")
+def distances_averaged(n: int, config) -> int:
+    """How many nearest-image distances MSM averages per patch for ``n`` images (``_MSM.py:19-26``)."""
+    k_min, k_max = interval_bounds(n - 1, config.topmin_min, config.topmin_max)
+    return k_max - k_min
+
+
+@answer("11.2")
+def smallest_scorable_set(model) -> int:
+    """The fewest images a MuSc model can score together."""
+    return model.min_images
+
+
+@answer("11.3")
+def min_max_normalised(maxima) -> np.ndarray:
+    """RsCIN with ``k_list=(1,)`` is the min-max normalisation of the scores."""
+    maxima = np.asarray(maxima, np.float64)
+    return (maxima - maxima.min()) / np.ptp(maxima)
+
+
+@answer("10.4")
+def normal_images_for(alpha: float) -> int:
+    """The fewest calibration images whose conformal threshold can promise a false-alarm rate ``alpha``."""
+    return calibration.normal_images_needed(alpha)
+
+
+# --- facts of the papers -------------------------------------------------------------------------
+
+
+@answer("01.1")
+def best_pixel_baseline(methods: Mapping[str, str]) -> str:
+    """The baseline with the highest pixel AUROC on MVTec AD in the AnomalyCLIP paper (Table 1)."""
+    return best(paper_values(methods, "mvtec", "pixel_auroc"))
+
+
+@answer("03.1")
+def costliest_removal() -> str:
+    """The module whose removal costs more MVTec AD image AUROC in the paper's ablation (App. D)."""
+    removed = {"w/o T2": "ablation:no_object_agnostic", "w/o T3": "ablation:no_deep_text_tokens"}
+    return worst({name: references.lookup("anomalyclip", "mvtec", "image_auroc", setting).value
+                  for name, setting in removed.items()})
+
+
+@answer("06.1")
+def lowest_pixel_auroc_on_visa(methods: Mapping[str, str]) -> str:
+    """The method with the lowest VisA pixel AUROC in the AnomalyCLIP paper (Table 1)."""
+    return worst(paper_values(methods, "visa", "pixel_auroc"))
+
+
+# --- measurements of this run -------------------------------------------------------------------
+
+
+@answer("02.1")
+def most_diagonal(diagonal: Mapping[str, Mapping[str, float]]) -> str:
+    """The attention mode with the largest diagonal share in this run's last block."""
+    return best({label: row["diagonal share"] for label, row in diagonal.items()})
+
+
+@answer("04.1")
+def lowest_image_auroc(results: Mapping[str, Mapping[str, float]], meaningful: bool) -> str | None:
+    """The loss setting with the lowest image AUROC in a meaningful run; ``None`` (ungraded) in smoke."""
+    return worst({label: row["image_auroc"] for label, row in results.items()}) if meaningful else None
+
+
+@answer("04.3")
+def local_loss_gain(results: Mapping[str, Mapping[str, float]]) -> float:
+    """Pixel-AUROC points the local loss adds to the global one in this run (``both - global only``)."""
+    return 100 * (results["both (AnomalyCLIP)"]["pixel_auroc"] - results["global only"]["pixel_auroc"])
+
+
+@answer("07.1")
+def finetuned_vs_zero_shot(results: Mapping[str, Mapping[str, float]], meaningful: bool) -> str | None:
+    """Is the fine-tuned row's pixel AUROC above or below the MVTec-trained zero-shot row's (meaningful runs)."""
+    if not meaningful:
+        return None
+    fine, zero = results["fine-tuned (trainval)"]["pixel_auroc"], results["zero-shot, MVTec"]["pixel_auroc"]
+    return "above" if fine > zero else "below"
+
+
+@answer("08.1")
+def best_separating_part(model, queries, support, parts: Mapping[str, str], shots: int, seed: int, prompt_dir,
+                         dataset_name: str) -> str:
+    """The part of InCTRL's score with the highest image AUROC over this run's queries."""
+    outputs, labels = fewshot_outputs(model, queries, support, list(parts.values()), shots, seed, prompt_dir,
+                                      dataset_name)
+    return best({part: metrics.image_auroc(outputs[field], labels) for part, field in parts.items()})
+
+
+@answer("09.1")
+def map_maximum_without_dpam(model, image, class_name: str) -> str:
+    """"up" or "down": the anomaly map's maximum of one image ``[3, S, S]`` when AnomalyCLIP's DPAM is switched
+    from V-V to none at inference (this run's model)."""
+    x = image[None].to(next(model.parameters()).device)  # [1, 3, S, S]
+    with_vv = float(model.predict(x, [class_name])[1].max())
+    without = float(model.variant(dpam_mode=None).predict(x, [class_name])[1].max())
+    return "up" if without > with_vv else "down"
+
+
+@answer("10.1")
+def false_alarms_at(scores, labels, normal_scores, quantile: float, stricter: float) -> str:
+    """"down", "unchanged" or "up": the false alarms (normal images with score >= threshold) when the
+    threshold moves from the ``quantile`` to the ``stricter`` quantile of the held-out normal scores."""
+    normal = np.asarray(scores)[np.asarray(labels) == 0]
+    before, after = (int((normal >= np.quantile(normal_scores, q)).sum()) for q in (quantile, stricter))
+    return "down" if after < before else "up" if after > before else "unchanged"
+
+
+@answer("11.4")
+def rscin_auroc_change(before, after, labels) -> float:
+    """Image AUROC after RsCIN minus before, as a fraction (this run's class)."""
+    return metrics.image_auroc(after, labels) - metrics.image_auroc(before, labels)
