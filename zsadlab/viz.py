@@ -394,42 +394,56 @@ def plot_comparison(this_run: Mapping[str, Mapping[str, float]],
                     ylim: tuple[float, float] | None = (0.0, 100.0), fmt: str = "%.1f") -> plt.Figure:
     """"Paper / reference run / this run" bars, grouped by metric (``{"setting": {"metric": value}}``).
 
-    ``paper``: published values (from :mod:`zsadlab.references`), solid bars; a ``None`` value is
-    drawn as "n.r." (not reported) instead of being left out silently. ``reference_run``: a
-    reference execution of the series (a course pack's), dotted bars. ``this_run``: what this
-    notebook measured. With ``smoke=True`` the run's bars are faded, cross-hatched and named
-    "pipeline check (random tiny CLIP)", and drawn after the paper's, which are the primary series.
+    Colour names the setting, the bar's style its source: ``paper`` - published values (from
+    :mod:`zsadlab.references`), solid; a ``None`` value is drawn as "n.r." (not reported) instead of
+    being left out silently. ``reference_run`` - a reference execution of the series (a course
+    pack's), dotted. ``this_run`` - what this notebook measured; with ``smoke=True`` faded,
+    cross-hatched and named "pipeline check (random tiny CLIP)", after the paper's, which are the
+    primary series. A group holds only the bars it has; the legend sits below the axes, off the data.
     """
     series = _comparison_series(paper, reference_run, this_run, smoke)
     metrics = list(dict.fromkeys(m for _, _, d in series for row in d.values() for m in row))
-    slots = [(kind, suffix, setting, row) for kind, suffix, d in series for setting, row in d.items()]
-    colours = dict(zip(dict.fromkeys(setting for _, _, setting, _ in slots), sns.color_palette("colorblind", 10) * 3))
-    style = {"paper": dict(alpha=0.95), "reference": dict(alpha=0.75, hatch=".."), "run": dict(alpha=0.95),
-             "smoke": dict(alpha=0.35, hatch="xx", edgecolor="0.35")}
-    width = 0.8 / max(1, len(slots))
-    fig, ax = plt.subplots(figsize=(3.5 + max(4.0, 0.35 * len(metrics) * (1 + len(slots))), 4.2), constrained_layout=True)
+    slots = [(kind, setting, row) for kind, _, d in series for setting, row in d.items()]
+    groups = {m: [slot for slot in slots if m in slot[2]] for m in metrics}  # the bars each group really has
+    colours = dict(zip(dict.fromkeys(setting for _, setting, _ in slots), sns.color_palette("colorblind", 10) * 3))
+    width = 0.8 / max([1] + [len(group) for group in groups.values()])
+    bars = sum(len(group) for group in groups.values())
+    fig, ax = plt.subplots(figsize=(min(15.0, 3.0 + max(4.0, 0.3 * bars + 0.5 * len(metrics))), 4.6), layout="constrained")
     flagged = False
-    for i, (kind, suffix, setting, row) in enumerate(slots):
-        x = np.arange(len(metrics)) + (i - (len(slots) - 1) / 2) * width
-        heights = [row.get(m) for m in metrics]
-        bars = ax.bar(x, [0.0 if h is None else h for h in heights], width, color=colours[setting],
-                      label=f"{setting} - {suffix}", **style[kind])
-        ax.bar_label(bars, labels=["" if h is None else fmt % h for h in heights], fontsize=7, padding=1)
-        for xi, metric, h in zip(x, metrics, heights):
-            if kind == "paper" and h is None and metric in row:
-                ax.text(xi, ylim[0] if ylim else 0.0, NOT_REPORTED, rotation=90, ha="center", va="bottom", fontsize=7)
+    for j, (metric, group) in enumerate(groups.items()):
+        for i, (kind, setting, row) in enumerate(group):
+            x, height = j + (i - (len(group) - 1) / 2) * width, row[metric]
+            drawn = ax.bar([x], [0.0 if height is None else height], width, color=colours[setting], **_BAR_STYLE[kind])
+            ax.bar_label(drawn, labels=["" if height is None else fmt % height], fontsize=7, padding=1)
+            if kind == "paper" and height is None:
+                ax.text(x, ylim[0] if ylim else 0.0, NOT_REPORTED, rotation=90, ha="center", va="bottom", fontsize=7)
                 flagged = True
     ax.set_xticks(np.arange(len(metrics)), metrics)
     heading = _noted(title) + (f"\nSMOKE: faded bars are a {SMOKE_SERIES}, not a result" if smoke else "")
     ax.set(title=heading, ylabel=ylabel, xlabel=xlabel)
     if ylim:
         ax.set_ylim(*ylim)
-    handles, labels = ax.get_legend_handles_labels()
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colour) for colour in colours.values()]
+    labels = list(colours)
+    for kind, suffix, d in series:  # one entry per source present: its bar style, in grey
+        if d:
+            handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="0.55", **_BAR_STYLE[kind]))
+            labels.append(f"style: {suffix}")
     if flagged:
         handles.append(plt.Rectangle((0, 0), 0, 0, fill=False, edgecolor="none"))
-        labels.append(f"{NOT_REPORTED} = not reported (no published value in zsadlab.references)")
-    ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        labels.append(f"{NOT_REPORTED} = not reported")
+    fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncol=legend_columns(labels, fig))
     return fig
+
+
+def legend_columns(labels: Sequence[str], fig: plt.Figure, fontsize: float = 8) -> int:
+    """How many legend columns of ``labels`` fit side by side in ``fig``'s width (at most 4)."""
+    column = 0.6 * fontsize * max(len(label) for label in labels) + 4 * fontsize  # points: text + handle and padding
+    return max(1, min(4, len(labels), int(fig.get_figwidth() * 72 // column)))
+
+
+_BAR_STYLE = {"paper": dict(alpha=0.95), "reference": dict(alpha=0.75, hatch=".."), "run": dict(alpha=0.95),
+              "smoke": dict(alpha=0.35, hatch="xx", edgecolor="0.35")}
 
 
 def plot_loss_curves(histories: Mapping[str, Sequence[float]], title: str = "Training loss",
@@ -455,31 +469,38 @@ def plot_k_shot(results: Mapping[str, Mapping[int, Sequence[float]]], title: str
                 ylabel: str = "image AUROC (%)", reference: Mapping[str, Mapping[int, float]] | None = None,
                 hlines: Mapping[str, float] | None = None, percent: bool = True, smoke: bool = False) -> plt.Figure:
     """``{"method": {k: [value per seed]}}`` -> mean line with a shaded min-max band over the seeds
-    (both named in the legend); optional reference curves - published values, already in % -
-    (``{"name": {k: value}}``) and horizontal lines (``{"name": value}``). Measured values in [0, 1]
-    are drawn in % when ``percent``. With ``smoke=True`` the measured curves are faded and named
-    a pipeline check, and the published curves are the primary, solid ones. The legend sits to
-    the right of the axes, off the data."""
+    (one legend entry for both); optional reference curves - published values, already in % -
+    (``{"name": {k: value}}``, drawn in the colour of the method whose name they start with) and
+    horizontal lines (``{"name": value}``). Measured values in [0, 1] are drawn in % when
+    ``percent``. With ``smoke=True`` the measured curves are dotted, faded and named a pipeline
+    check, and the published curves are the primary, solid ones. The legend sits below the axes."""
     scale = 100.0 if percent else 1.0
-    fig, ax = plt.subplots(figsize=(8.4, 3.8), constrained_layout=True)
+    palette = dict(zip(results, sns.color_palette("colorblind", 10) * 3))
+    colour_of = lambda name: next((c for method, c in palette.items() if name.startswith(method)), None)  # noqa: E731
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+    handles, labels = [], []
     for name, per_k in (reference or {}).items():
         ks = sorted(per_k)
-        ax.plot(ks, [per_k[k] for k in ks], ls="-" if smoke else "--", lw=2.5 if smoke else 1.5, marker="s",
-                label=f"{name} (published, not produced here)")
-    run = f" - {SMOKE_SERIES}" if smoke else ""
+        line, = ax.plot(ks, [per_k[k] for k in ks], ls="-" if smoke else "--", lw=2.5 if smoke else 1.5, marker="s",
+                        color=colour_of(name))
+        handles.append(line), labels.append(f"{name} (published, not produced here)")
     for name, per_k in results.items():
         ks = sorted(per_k)
         vals = [scale * np.asarray(per_k[k], dtype=float) for k in ks]
         line, = ax.plot(ks, [v.mean() for v in vals], marker="o", ls=":" if smoke else "-", alpha=0.5 if smoke else 1.0,
-                        label=f"{name}{run}: mean over {len(vals[0])} prompt seeds")
-        ax.fill_between(ks, [v.min() for v in vals], [v.max() for v in vals], alpha=0.1 if smoke else 0.2,
-                        color=line.get_color(), label=f"{name}{run}: min-max over seeds")
+                        color=palette[name])
+        band = ax.fill_between(ks, [v.min() for v in vals], [v.max() for v in vals], alpha=0.1 if smoke else 0.2,
+                               color=palette[name])
+        handles.append((band, line)), labels.append(f"{name}: mean over {len(vals[0])} prompt seeds, band = min-max over seeds")
     for name, value in (hlines or {}).items():
-        ax.axhline(scale * value, ls=":", c="grey", label=name + run)
+        handles.append(ax.axhline(scale * value, ls="-.", c="grey")), labels.append(name + (f" - {SMOKE_SERIES}" if smoke else ""))
+    if smoke:
+        handles.append(plt.Line2D([], [], ls=":", marker="o", alpha=0.5, color="0.4"))
+        labels.append(f"dotted, faded: {SMOKE_SERIES}")
     ax.set(title=_noted(title) + (f"\nSMOKE: faded curves are a {SMOKE_SERIES}, not a result" if smoke else ""),
            xlabel="k (normal shots)", ylabel=ylabel)
     ax.set_xticks(sorted({k for d in results.values() for k in d}))
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncol=1)
     return fig
 
 

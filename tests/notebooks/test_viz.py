@@ -114,30 +114,46 @@ def test_defect_patch_finds_the_masked_cell():
     assert viz.defect_patch(mask, 4) == 12
 
 
-def test_k_shot_legend_names_the_min_max_band_and_sits_outside_the_axes():
+def test_k_shot_legend_names_the_min_max_band_and_sits_below_the_axes():
     fig = viz.plot_k_shot({"m": {2: [0.5, 0.6], 4: [0.7, 0.8]}})
-    legend = fig.axes[0].get_legend()
-    assert any("min-max over seeds" in t.get_text() for t in legend.get_texts())
-    assert legend.get_bbox_to_anchor().x0 > fig.axes[0].get_window_extent().x1 - 1  # right of the data
+    legend = fig.legends[0]
+    assert any("band = min-max over seeds" in t.get_text() for t in legend.get_texts())
+    fig.canvas.draw()
+    assert legend.get_window_extent().y1 <= fig.axes[0].get_window_extent().y0  # below the data, not over it
+
+
+def test_k_shot_draws_a_published_curve_in_the_colour_of_its_method():
+    fig = viz.plot_k_shot({"InCTRL": {2: [0.5, 0.6]}, "VAND": {2: [0.4, 0.5]}}, reference={"InCTRL, paper": {2: 85.8}})
+    published, inctrl, vand = (line.get_color() for line in fig.axes[0].get_lines()[:3])
+    assert published == inctrl != vand
 
 
 def _legend_texts(fig) -> list[str]:
-    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    return [t.get_text() for legend in legends for t in legend.get_texts()]
 
 
 def test_comparison_in_smoke_names_the_run_a_pipeline_check_and_draws_the_paper_first():
     fig = viz.plot_comparison({"AnomalyCLIP": {"pixel_auroc": 40.0}}, paper={"AnomalyCLIP": {"pixel_auroc": 95.5}},
                               smoke=True, title="t")
-    labels = _legend_texts(fig)
-    assert labels[0] == "AnomalyCLIP - paper"
-    assert labels[1] == f"AnomalyCLIP - {viz.SMOKE_SERIES}" and "random tiny CLIP" in viz.SMOKE_SERIES
-    assert viz.SMOKE_SERIES in fig.axes[0].get_title()
+    assert _legend_texts(fig) == ["AnomalyCLIP", "style: paper", f"style: {viz.SMOKE_SERIES}"]  # colour, then source
+    assert "random tiny CLIP" in viz.SMOKE_SERIES and viz.SMOKE_SERIES in fig.axes[0].get_title()
+    paper, run = fig.axes[0].patches
+    assert paper.get_height() == 95.5 and run.get_alpha() < paper.get_alpha() and run.get_hatch()
 
 
 def test_comparison_with_real_weights_calls_the_run_this_run_and_takes_a_reference_run():
     fig = viz.plot_comparison({"a": {"m": 40.0}}, paper={"a": {"m": 95.5}}, reference_run={"a": {"m": 93.0}})
-    assert _legend_texts(fig) == ["a - this run", "a - paper", "a - reference run"]
+    assert _legend_texts(fig) == ["a", "style: this run", "style: paper", "style: reference run"]
     assert not any(viz.SMOKE_SERIES in t for t in _legend_texts(fig))
+
+
+def test_comparison_groups_hold_only_the_bars_they_have_and_the_legend_sits_below():
+    fig = viz.plot_comparison({"a": {"synthetic": 40.0}}, paper={"a": {"visa": 95.5}, "b": {"visa": 24.2}}, smoke=True)
+    centres = sorted(round(p.get_x() + p.get_width() / 2, 6) for p in fig.axes[0].patches)
+    assert centres[-1] == 1.0  # the smoke target's single bar is centred on its group, not shifted into empty slots
+    fig.canvas.draw()
+    assert fig.legends[0].get_window_extent().y1 <= fig.axes[0].get_window_extent().y0
 
 
 def test_comparison_says_not_reported_where_the_paper_gives_no_value():
@@ -150,5 +166,6 @@ def test_k_shot_in_smoke_names_the_measured_curves_a_pipeline_check():
     fig = viz.plot_k_shot({"InCTRL": {2: [0.5, 0.6], 4: [0.7, 0.8]}}, reference={"InCTRL, paper": {2: 85.8, 4: 87.7}},
                           smoke=True)
     labels = _legend_texts(fig)
-    assert labels[0].startswith("InCTRL, paper")
-    assert all(viz.SMOKE_SERIES in label for label in labels[1:])
+    assert labels[0].startswith("InCTRL, paper") and labels[-1] == f"dotted, faded: {viz.SMOKE_SERIES}"
+    published, measured = fig.axes[0].get_lines()[:2]
+    assert published.get_linestyle() == "-" and measured.get_linestyle() == ":" and measured.get_alpha() == 0.5
