@@ -115,3 +115,8 @@ def test_an_array_answer_is_graded_value_by_value_within_the_tolerance():
 def test_the_mean_defect_area_is_computed_from_the_data(synthetic_industrial_root):
     area = expected("00.1", root=synthetic_industrial_root)
     assert 0.5 < area < 10  # small defects: a few % of a defective image
+
+
+def test_a_label_is_graded_regardless_of_case_and_blanks():
+    assert check("q", " Local  only", "local only") and check("q", "coop", "CoOp")
+    assert not check("q", "local", "local only") and not check("q", 5, "5")

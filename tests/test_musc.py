@@ -146,4 +146,5 @@ def test_the_evaluation_uses_the_official_rscin_neighbourhoods_of_the_test_set_1
     for name in ("visa", "mvtec"):  # the same toy images, marked as either registry dataset
         model = engine.build_model("musc", get_profile("smoke", quiet=True), "cpu")
         engine.evaluate(model, marked_toy_set(name), progress=False)
+        assert model.config.k_list == (1, 2, 3)  # the model's own config again after the evaluation
     assert seen == [(1, 8, 9), (1, 8, 9), (1, 2, 3), (1, 2, 3)]  # two classes each (musc.py:242-247)

@@ -22,7 +22,7 @@ class Cost:
 
 
 # (profile, method) -> Cost, for every method that trains, and WinCLIP (the slowest evaluation).
-_ANOMALYCLIP_FULL = Cost(0.48, 0.48, "estimate: the AnomalyCLIP paper's 13.71 min per MVTec AD epoch (1725 "
+_ANOMALYCLIP_FULL = Cost(0.48, 0.48, "estimate: the AnomalyCLIP authors' reported 13.71 min per MVTec AD epoch (1725 "
                                      "images) on one RTX 3090; prediction taken equal")
 _SMOKE = ("measured: `zsadlab course train --workers 2 --device cpu` on the smoke plan (19 runs; run folders' "
           "wall_time.json over the plan's images x epochs), the busy 2-core test machine, model build included")

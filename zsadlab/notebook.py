@@ -358,8 +358,11 @@ def check(name: str, answer, expected, tolerance: float = 0.0) -> CheckResult:
 
 
 def matches(answer, expected, tolerance: float = 0.0) -> bool:
-    """Whether ``answer`` is ``expected``: numbers within ``tolerance``, arrays (numpy or torch) of the same
-    shape element-wise within it, anything else by equality; an answer of the wrong kind is no match."""
+    """Whether ``answer`` is ``expected``: labels regardless of case and blanks, numbers within ``tolerance``,
+    arrays (numpy or torch) of the same shape element-wise within it, anything else by equality; an answer
+    of the wrong kind is no match."""
+    if isinstance(expected, str):  # a label: case, surrounding blanks and inner runs of blanks do not matter
+        return isinstance(answer, str) and " ".join(answer.casefold().split()) == " ".join(expected.casefold().split())
     if isinstance(expected, (int, float)) and not isinstance(expected, bool):
         try:
             return abs(float(answer) - float(expected)) <= tolerance

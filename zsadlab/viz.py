@@ -103,9 +103,13 @@ class _SmokeFigures:
     enabled = False
 
 
+DATA_FIGURE = "zsadlab: data"  # the label of a figure that shows a dataset's images and masks, not a result
+
+
 def label_smoke_figures(enabled: bool) -> None:
     """From now on, :func:`show` marks every figure with :data:`SMOKE_LABEL` (a faint diagonal
-    watermark) when ``enabled``: numbers from tiny random CLIPs must never look like results."""
+    watermark) when ``enabled``: numbers from tiny random CLIPs must never look like results. Figures of
+    a dataset's images and masks (:func:`plot_sample_grid`) show data, not results, and stay unmarked."""
     _SmokeFigures.enabled = bool(enabled)
 
 
@@ -123,7 +127,7 @@ def show(fig: plt.Figure, output_dir: str | os.PathLike | None = None, name: str
     Returns nothing, so a cell ending with it shows only the figure (nbval does not honour a
     trailing ``;``, so ``save_figure``'s return value would otherwise be displayed too).
     """
-    if _SmokeFigures.enabled:
+    if _SmokeFigures.enabled and fig.get_label() != DATA_FIGURE:
         smoke_labelled(fig)
     if output_dir and name:
         save_figure(fig, output_dir, name)
@@ -227,6 +231,7 @@ def plot_sample_grid(images: Sequence, masks: Sequence | None = None, titles: Se
             axes[1, j].imshow(shown, cmap="gray", vmin=0, vmax=1)
             _image_axes(axes[1, j], "mask" if mask is not None else "no mask", ylabel="ground truth" if j == 0 else "")
     fig.suptitle(title)
+    fig.set_label(DATA_FIGURE)
     return fig
 
 
@@ -351,9 +356,11 @@ def plot_pro_curves(curves: Mapping[str, tuple], fpr_limit: float = 0.3, title: 
 
 def plot_bars(results: Mapping[str, Mapping[str, float]], title: str = "Ablation", ylabel: str = "score",
               xlabel: str = "metric", ylim: tuple[float, float] | None = (0.0, 1.0),
-              reference: Mapping[str, Mapping[str, float]] | None = None, fmt: str = "%.2f") -> plt.Figure:
+              reference: Mapping[str, Mapping[str, float]] | None = None, fmt: str = "%.2f",
+              hlines: Mapping[str, float] | None = None) -> plt.Figure:
     """Grouped bar chart: ``{"setting": {"metric": value}}``; bars labelled with ``fmt``.
-    ``reference`` (same shape) is drawn as hatched, labelled bars (numbers not produced here)."""
+    ``reference`` (same shape) is drawn as hatched, labelled bars (numbers not produced here);
+    ``hlines`` (``{"name": value}``) as dashed horizontal lines, e.g. the chance level of an AUROC."""
     import pandas as pd
 
     rows = [dict(setting=s, metric=m, value=v, kind="measured") for s, d in results.items() for m, v in d.items()]
@@ -372,12 +379,17 @@ def plot_bars(results: Mapping[str, Mapping[str, float]], title: str = "Ablation
     ax.set(title=_noted(title), ylabel=ylabel, xlabel=xlabel)
     if ylim:
         ax.set_ylim(*ylim)
+    for name, value in (hlines or {}).items():
+        ax.axhline(value, ls="--", c="grey", lw=1, label=name)
     ax.legend(fontsize=8, title="setting", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
 
 SMOKE_SERIES = "pipeline check (random tiny CLIP)"  # how a smoke run's bars are named in every comparison
-NOT_REPORTED = "n.r."  # drawn where a paper reports no value (the legend explains it)
+NOT_REPORTED = "n.r."  # drawn where zsadlab.references holds no sourced value (the legend explains it)
+METRIC_NAMES = {"image_auroc": "image AUROC", "image_ap": "image AP", "pixel_auroc": "pixel AUROC",
+                "pixel_ap": "pixel AP", "aupro_mvtec": "AUPRO (exact)", "aupro_anomalyclip": "AUPRO (200 thr.)",
+                "image_f1_max": "image F1-max"}  # axis labels of metric-registry names
 
 
 def _comparison_series(paper, reference_run, this_run, smoke: bool) -> list[tuple[str, str, Mapping]]:
@@ -418,7 +430,7 @@ def plot_comparison(this_run: Mapping[str, Mapping[str, float]],
             if kind == "paper" and height is None:
                 ax.text(x, ylim[0] if ylim else 0.0, NOT_REPORTED, rotation=90, ha="center", va="bottom", fontsize=7)
                 flagged = True
-    ax.set_xticks(np.arange(len(metrics)), metrics)
+    ax.set_xticks(np.arange(len(metrics)), [METRIC_NAMES.get(m, m) for m in metrics])
     heading = _noted(title) + (f"\nSMOKE: faded bars are a {SMOKE_SERIES}, not a result" if smoke else "")
     ax.set(title=heading, ylabel=ylabel, xlabel=xlabel)
     if ylim:
@@ -431,7 +443,7 @@ def plot_comparison(this_run: Mapping[str, Mapping[str, float]],
             labels.append(f"style: {suffix}")
     if flagged:
         handles.append(plt.Rectangle((0, 0), 0, 0, fill=False, edgecolor="none"))
-        labels.append(f"{NOT_REPORTED} = not reported")
+        labels.append(f"{NOT_REPORTED} = no sourced value in zsadlab.references")
     fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncol=legend_columns(labels, fig))
     return fig
 
@@ -459,6 +471,7 @@ def plot_loss_curves(histories: Mapping[str, Sequence[float]], title: str = "Tra
             y, x, smoothed = np.convolve(y, np.ones(smooth) / smooth, mode="valid"), x[smooth - 1:], True
         ax.plot(x, y, marker="o" if len(y) <= 20 else None, ms=3, label=name)
     ax.set(title=title + (f" (running mean over {smooth} {xlabel}s)" if smoothed else ""), xlabel=xlabel, ylabel=ylabel)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # steps, epochs, blocks, k: whole numbers
     if logy:
         ax.set_yscale("log")
     ax.legend(fontsize=8)
@@ -562,6 +575,7 @@ def plot_score_histogram(scores, labels, title: str = "Image scores", xlabel: st
     for value, name in ((0, "normal"), (1, "anomalous")):
         ax.hist(scores[labels == value], bins=bins, alpha=0.6, label=f"{name} (n={int((labels == value).sum())})")
     ax.set(title=title, xlabel=xlabel, ylabel="images")
+    ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))  # counts of images
     ax.legend(fontsize=8)
     return fig
 

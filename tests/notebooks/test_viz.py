@@ -159,7 +159,7 @@ def test_comparison_groups_hold_only_the_bars_they_have_and_the_legend_sits_belo
 def test_comparison_says_not_reported_where_the_paper_gives_no_value():
     fig = viz.plot_comparison({"a": {"m": 40.0, "n": 30.0}}, paper={"a": {"m": 95.5, "n": None}})
     texts = [t.get_text() for t in fig.axes[0].texts]
-    assert viz.NOT_REPORTED in texts and any("not reported" in t for t in _legend_texts(fig))
+    assert viz.NOT_REPORTED in texts and any("no sourced value" in t for t in _legend_texts(fig))
 
 
 def test_k_shot_in_smoke_names_the_measured_curves_a_pipeline_check():
@@ -169,3 +169,33 @@ def test_k_shot_in_smoke_names_the_measured_curves_a_pipeline_check():
     assert labels[0].startswith("InCTRL, paper") and labels[-1] == f"dotted, faded: {viz.SMOKE_SERIES}"
     published, measured = fig.axes[0].get_lines()[:2]
     assert published.get_linestyle() == "-" and measured.get_linestyle() == ":" and measured.get_alpha() == 0.5
+
+
+def test_a_smoke_run_watermarks_its_result_figures_but_not_the_pictures_of_a_dataset(monkeypatch):
+    shown = []
+    monkeypatch.setattr(viz.plt, "close", lambda fig: shown.append(fig))
+    monkeypatch.setattr("IPython.get_ipython", lambda: object())
+    monkeypatch.setattr("IPython.display.display", lambda fig: None)
+    viz.label_smoke_figures(True)
+    try:
+        viz.show(viz.plot_comparison({"a": {"m": 40.0}}))
+        viz.show(viz.plot_sample_grid([np.zeros((S, S, 3))], [np.zeros((S, S))], ["good"], title="data"))
+    finally:
+        viz.label_smoke_figures(False)
+    result, data = ([t.get_text() for t in fig.texts] for fig in shown)
+    watermark = viz.SMOKE_LABEL.replace(" - ", "\n")
+    assert watermark in result and watermark not in data
+
+
+def test_comparison_axes_name_the_metrics_in_words_and_histograms_count_whole_images():
+    fig = viz.plot_comparison({"a": {"image_auroc": 40.0, "aupro_anomalyclip": 20.0}})
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["image AUROC", "AUPRO (200 thr.)"]
+    fig = viz.plot_score_histogram(np.array([0.1, 0.2, 0.9]), np.array([0, 0, 1]))
+    assert all(float(t).is_integer() for t in fig.axes[0].get_yticks())
+
+
+def test_loss_curves_tick_whole_steps_and_bars_draw_a_chance_line():
+    fig = viz.plot_loss_curves({"run": [1.0]}, xlabel="epoch")
+    assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())
+    fig = viz.plot_bars({"N = 5": {"image AUROC": 39.0}}, ylim=(0, 100), hlines={"chance (50 %)": 50.0})
+    assert "chance (50 %)" in _legend_texts(fig)

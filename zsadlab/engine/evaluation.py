@@ -22,6 +22,7 @@ import json
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -208,12 +209,21 @@ class ResultTable:
                                   "covered": {c: self.covered(c) for c in self.columns}}, path)
 
 
-def configure_for_test(model, dataset) -> None:
-    """Set ``model.config`` to what the method's official test script uses on this test set, chosen by
-    the set's registry name (``Method.for_test_set``; e.g. MuSc's RsCIN ``k_list`` on VisA)."""
+@contextmanager
+def configured_for_test(model, dataset):
+    """``model`` with ``model.config`` set, while the block runs, to what the method's official test script
+    uses on this test set, chosen by the set's registry name (``Method.for_test_set``; e.g. MuSc's RsCIN
+    ``k_list`` on VisA); the model's own config is restored afterwards."""
     spec = registered_method(model)
-    if spec is not None and spec.for_test_set is not None and getattr(dataset, "root", None) is not None:
-        model.config = spec.for_test_set(model.config, dataset_name(dataset.root))
+    if spec is None or spec.for_test_set is None or getattr(dataset, "root", None) is None:
+        yield model
+        return
+    own = model.config
+    model.config = spec.for_test_set(own, dataset_name(dataset.root))
+    try:
+        yield model
+    finally:
+        model.config = own
 
 
 def evaluate(model, dataset: AnomalyDataset | str | os.PathLike, batch_size: int | None = None, device=None,
@@ -229,11 +239,11 @@ def evaluate(model, dataset: AnomalyDataset | str | os.PathLike, batch_size: int
     elif not hasattr(dataset, "classes"):
         raise TypeError(f"evaluate() takes a dataset (engine.dataset_for(model, root)) or its folder, "
                         f"got {type(dataset).__name__}")
-    configure_for_test(model, dataset)
     table = ResultTable(columns=tuple(columns))
-    for class_name, pred in class_predictions(model, dataset, batch_size, device, progress, amp):
-        table.rows.append({"class": class_name, **class_metrics(pred, columns)})
-        del pred  # one class's maps at a time: free these before the next class is predicted
+    with configured_for_test(model, dataset):
+        for class_name, pred in class_predictions(model, dataset, batch_size, device, progress, amp):
+            table.rows.append({"class": class_name, **class_metrics(pred, columns)})
+            del pred  # one class's maps at a time: free these before the next class is predicted
     return table
 
 
