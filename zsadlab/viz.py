@@ -471,7 +471,11 @@ def plot_loss_curves(histories: Mapping[str, Sequence[float]], title: str = "Tra
             y, x, smoothed = np.convolve(y, np.ones(smooth) / smooth, mode="valid"), x[smooth - 1:], True
         ax.plot(x, y, marker="o" if len(y) <= 20 else None, ms=3, label=name)
     ax.set(title=title + (f" (running mean over {smooth} {xlabel}s)" if smoothed else ""), xlabel=xlabel, ylabel=ylabel)
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # steps, epochs, blocks, k: whole numbers
+    points = sorted({int(x) for line in ax.get_lines() for x in line.get_xdata()})  # steps, epochs, blocks: whole
+    if len(points) <= 20:
+        ax.set_xticks(points)
+    else:
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     if logy:
         ax.set_yscale("log")
     ax.legend(fontsize=8)
