@@ -15,6 +15,8 @@ from zsadlab.calibration import (
     calibrate,
     conformal_rank,
     conformal_threshold,
+    confusion,
+    decision_costs,
     false_alarm_rates,
     normal_images_needed,
     random_splits,
@@ -204,3 +206,11 @@ def test_reference_images_of_a_few_shot_method_are_recorded_and_never_used_as_ca
     assert [item["path"] for item in record.prompts] == sorted(str(p.resolve()) for p in (tmp_path / "refs").iterdir())
     with pytest.raises(InputError, match="other reference images"):
         record.check_model(model, "object", [tmp_path / "normals"])
+
+
+def test_the_confusion_matrix_flags_a_score_equal_to_the_threshold_and_prices_each_error():
+    scores, labels = np.array([0.1, 0.5, 0.7, 0.6, 0.9]), np.array([0, 0, 0, 1, 1])
+    assert confusion(0.7, scores, labels).tolist() == [[2, 1], [1, 1]]  # 0.7 >= 0.7 is flagged
+    row = decision_costs(0.7, scores, labels, cost_missed=10, cost_false_alarm=1)
+    assert (row["false alarms (FP)"], row["missed defects (FN)"], row["cost"]) == (1, 1, 11)
+    assert row["recall %"] == 50 and row["false-alarm rate %"] == pytest.approx(100 / 3)

@@ -1,11 +1,12 @@
 """The expected answers of the notebooks' exercises, computed here so that no student cell shows them.
 
-A notebook's check cell reads ``check("2. ...", answer, expected("04.3", results=results))``: the key is
-``"<notebook>.<exercise>"`` and the keyword arguments are what the run measured. Each answer is either a
-fact of the papers (read from :mod:`zsadlab.references`), a fact of the code or the data (computed the
-way the solution computes it), or a measurement of this run. A prediction about a *full-profile* run
-returns ``None`` when the run is not meaningful (the smoke profile's tiny random CLIP): :func:`zsadlab.
-notebook.check` then records the answer without grading it, instead of grading it against noise.
+A notebook's check cell reads ``check("3. ...", answer, expected("04.3", results=results))``: the key is
+``"<notebook>.<exercise>"`` (``"<notebook>.<exercise>.<part>"`` for a second graded answer of one exercise)
+and the keyword arguments are what the run measured. Each answer is either a fact of the papers (read from
+:mod:`zsadlab.references`), a fact of the code or the data (computed the way the solution computes it), or
+a measurement of this run. ``None`` means the run cannot grade the answer: a prediction about a
+*full-profile* run checked in a smoke run (tiny random CLIP), or a measurement the student has not made yet;
+:func:`zsadlab.notebook.check` then records the answer instead of grading it against noise.
 
 Instructors: this module is the answer key. Students who open it spoil their own exercises.
 """
@@ -55,7 +56,7 @@ def paper_values(methods: Mapping[str, str], dataset: str, metric: str, setting:
     return {label: record.value for label, record in found.items() if record is not None}
 
 
-# --- facts of the data and the code ----------------------------------------------------------
+# --- notebook 00: setup and data ------------------------------------------------------
 
 
 @answer("00.1")
@@ -69,11 +70,238 @@ def mean_defect_area(root) -> float:
     return 100 * float(np.mean(per_class))
 
 
+@answer("00.1.2")
+def defect_area_bin(root) -> str:
+    """The bin of the mean anomalous area of a defective test image (:func:`mean_defect_area`): "under 1%",
+    "1-10%" or "over 10%"."""
+    area = mean_defect_area(root)
+    return "under 1%" if area < 1 else "1-10%" if area <= 10 else "over 10%"
+
+
+
+# --- notebook 01: CLIP's baseline failure ---------------------------------------------
+
+
+@answer("01.1")
+def best_pixel_baseline(methods: Mapping[str, str]) -> str:
+    """The baseline with the highest pixel AUROC on MVTec AD in the AnomalyCLIP paper (Table 1)."""
+    return best(paper_values(methods, "mvtec", "pixel_auroc"))
+
+
+@answer("01.1.2")
+def clip_image_vs_pixel() -> str:
+    """"higher" or "lower": plain CLIP's image AUROC on MVTec AD compared with its pixel AUROC in the
+    AnomalyCLIP paper (Table 1)."""
+    image, pixel = (references.lookup("clip", "mvtec", metric).value for metric in ("image_auroc", "pixel_auroc"))
+    return "higher" if image > pixel else "lower"
+
+
+
+# --- notebook 02: DPAM ----------------------------------------------------------------
+
+
+@answer("02.1")
+def least_diagonal(diagonal: Mapping[str, Mapping[str, float]]) -> str:
+    """The attention mode with the smallest diagonal share in this run's last block."""
+    return worst({label: row["diagonal share"] for label, row in diagonal.items()})
+
+
+
+# --- notebook 03: object-agnostic prompts ---------------------------------------------
+
+
+@answer("03.1")
+def costliest_removal() -> str:
+    """The module whose removal costs more MVTec AD image AUROC in the paper's ablation (App. D)."""
+    removed = {"w/o T2": "ablation:no_object_agnostic", "w/o T3": "ablation:no_deep_text_tokens"}
+    return worst({name: references.lookup("anomalyclip", "mvtec", "image_auroc", setting).value
+                  for name, setting in removed.items()})
+
+
+
+# --- notebook 04: global and local losses ---------------------------------------------
+
+
+@answer("04.1")
+def lowest_image_auroc(results: Mapping[str, Mapping[str, float]], meaningful: bool) -> str | None:
+    """The loss setting with the lowest image AUROC in a meaningful run; ``None`` (ungraded) in smoke."""
+    return worst({label: row["image_auroc"] for label, row in results.items()}) if meaningful else None
+
+
+@answer("04.2")
+def level_favoured_by_lam(lams: Mapping[str, Mapping[str, float]]) -> str | None:
+    """"image" or "pixel": the level whose AUROC gains more (or loses less) from ``lam = 1`` to ``lam = 16``
+    in this run's sweep (``{"lam = 1": summary, "lam = 16": summary}``); ``None`` before the sweep ran."""
+    if not all(k in lams for k in ("lam = 1", "lam = 16")):
+        return None
+    low, high = lams["lam = 1"], lams["lam = 16"]
+    gain = {level: high[f"{level}_auroc"] - low[f"{level}_auroc"] for level in ("image", "pixel")}
+    return "pixel" if gain["pixel"] > gain["image"] else "image"
+
+
+@answer("04.3")
+def local_loss_gain(results: Mapping[str, Mapping[str, float]]) -> float:
+    """Pixel-AUROC points the local loss adds to the global one in this run (``both - global only``)."""
+    return 100 * (results["both (AnomalyCLIP)"]["pixel_auroc"] - results["global only"]["pixel_auroc"])
+
+
+
+# --- notebook 05: training ------------------------------------------------------------
+
+
 @answer("05.1")
 def shallow_trainable_parameters(model) -> int:
     """With ``depth=1`` only the two context blocks learn: ``2 * n_ctx * text width``."""
     width = next(p.shape[-1] for n, p in model.named_parameters() if n.endswith("ctx_pos"))
     return 2 * model.config.n_ctx * width
+
+
+@answer("05.2")
+def epoch_of_largest_gain(curve: Mapping[int, float]) -> int | None:
+    """The epoch n whose checkpoint adds the most pixel AUROC over epoch n - 1 (``{epoch: value}``, epoch 0 =
+    the initial prompts); ``None`` with fewer than two points."""
+    epochs = sorted(curve)
+    if len(epochs) < 2:
+        return None
+    return max(epochs[1:], key=lambda n: curve[n] - curve[epochs[epochs.index(n) - 1]])
+
+
+@answer("05.3")
+def amp_speedup(speeds: Mapping[str, float]) -> float | None:
+    """AMP's training speed-up in this run: steps/s with ``amp=True`` over steps/s in fp32."""
+    if not all(k in speeds for k in ("fp32", "amp")):
+        return None
+    return speeds["amp"] / speeds["fp32"]
+
+
+
+# --- notebook 06: zero-shot evaluation ------------------------------------------------
+
+
+@answer("06.1")
+def lowest_pixel_auroc_on_visa(methods: Mapping[str, str]) -> str:
+    """The method with the lowest VisA pixel AUROC in the AnomalyCLIP paper (Table 1)."""
+    return worst(paper_values(methods, "visa", "pixel_auroc"))
+
+
+@answer("06.2")
+def f1_follows_image_auroc(f1: Mapping[str, float], tables, name: str, cls: str) -> str | None:
+    """"yes" when ranking the methods by image F1-max on ``name/cls`` gives the same order as their image AUROC
+    on that class in this run's tables, else "no"; ``None`` before the F1-max values exist."""
+    if not f1:
+        return None
+    auroc = {method: next(r for r in tables[name, method].rows if r["class"] == cls)["image_auroc"] for method in f1}
+    return "yes" if sorted(f1, key=f1.get, reverse=True) == sorted(f1, key=auroc.get, reverse=True) else "no"
+
+
+@answer("06.3")
+def largest_aupro_gap(table) -> str | None:
+    """The class of ``table`` (one method on one target) with the largest gap between the two AUPROs."""
+    rows = [r for r in table.rows if np.isfinite(r["aupro_mvtec"]) and np.isfinite(r["aupro_anomalyclip"])]
+    return max(rows, key=lambda r: abs(r["aupro_mvtec"] - r["aupro_anomalyclip"]))["class"] if rows else None
+
+
+
+# --- notebook 07: TN3K ----------------------------------------------------------------
+
+
+@answer("07.1")
+def finetuned_vs_zero_shot(results: Mapping[str, Mapping[str, float]], meaningful: bool) -> str | None:
+    """Is the fine-tuned row's pixel AUROC above or below the MVTec-trained zero-shot row's (meaningful runs)."""
+    if not meaningful:
+        return None
+    fine, zero = results["fine-tuned (trainval)"]["pixel_auroc"], results["zero-shot, MVTec"]["pixel_auroc"]
+    return "above" if fine > zero else "below"
+
+
+@answer("07.2")
+def finetuning_gain(results: Mapping[str, Mapping[str, float]]) -> float:
+    """Pixel-AUROC points of the fine-tuned row over the MVTec-trained zero-shot row in this run."""
+    return 100 * (results["fine-tuned (trainval)"]["pixel_auroc"] - results["zero-shot, MVTec"]["pixel_auroc"])
+
+
+@answer("07.3")
+def test_selection_optimism(curve: Mapping[int, float]) -> float | None:
+    """Points of test pixel AUROC an epoch picked on the test images adds over the recipe's last epoch."""
+    if not curve:
+        return None
+    return 100 * (max(curve.values()) - curve[max(curve)])
+
+
+@answer("07.4")
+def paper_aupro_definition() -> str:
+    """The AUPRO definition of the AnomalyCLIP paper's TN3K value (Table 2) in the reference table."""
+    return next(r.metric for r in references.find("anomalyclip", "tn3k") if r.metric.startswith("aupro"))
+
+
+
+# --- notebook 08: InCTRL few-shot -----------------------------------------------------
+
+
+@answer("08.1")
+def best_separating_part(model, queries, support, parts: Mapping[str, str], shots: int, seed: int, prompt_dir,
+                         dataset_name: str) -> str:
+    """The part of InCTRL's score with the highest image AUROC over this run's queries."""
+    outputs, labels = fewshot_outputs(model, queries, support, list(parts.values()), shots, seed, prompt_dir,
+                                      dataset_name)
+    return best({part: metrics.image_auroc(outputs[field], labels) for part, field in parts.items()})
+
+
+
+# --- notebook 09: playground ----------------------------------------------------------
+
+
+@answer("09.1")
+def map_maximum_without_dpam(model, image, class_name: str, meaningful: bool = True) -> str | None:
+    """"up" or "down": the anomaly map's maximum of one image ``[3, S, S]`` when AnomalyCLIP's DPAM is switched
+    from V-V to none at inference (this run's model). ``meaningful=False`` (a prediction about the method,
+    checked in a smoke run): ``None``, not graded; the measurement itself is always graded (the default)."""
+    if not meaningful:
+        return None
+    x = image[None].to(next(model.parameters()).device)  # [1, 3, S, S]
+    with_vv = float(model.predict(x, [class_name])[1].max())
+    without = float(model.variant(dpam_mode=None).predict(x, [class_name])[1].max())
+    return "up" if without > with_vv else "down"
+
+
+
+# --- notebook 10: protocol and decisions ----------------------------------------------
+
+
+@answer("10.1")
+def false_alarms_at(scores, labels, normal_scores, quantile: float, stricter: float) -> str:
+    """"down", "unchanged" or "up": the false alarms (normal images with score >= threshold) when the
+    threshold moves from the ``quantile`` to the ``stricter`` quantile of the held-out normal scores."""
+    normal = np.asarray(scores)[np.asarray(labels) == 0]
+    before, after = (int((normal >= np.quantile(normal_scores, q)).sum()) for q in (quantile, stricter))
+    return "down" if after < before else "up" if after > before else "unchanged"
+
+
+@answer("10.1.1")
+def false_alarms_can_rise(scores, labels) -> str:
+    """"yes" or "no": whether raising the threshold of the rule "anomalous when score >= t" ever raises the
+    number of false alarms, over every threshold between this run's scores (it cannot: the flagged set only
+    shrinks)."""
+    counts = [calibration.confusion(t, scores, labels)[0, 1] for t in np.unique(scores)]
+    return "yes" if np.any(np.diff(counts) > 0) else "no"
+
+
+@answer("10.1.2")
+def misses_can_fall(scores, labels) -> str:
+    """"yes" or "no": whether raising the threshold of the rule "anomalous when score >= t" ever lowers the
+    number of missed defects, over every threshold between this run's scores (it cannot)."""
+    counts = [calibration.confusion(t, scores, labels)[1, 0] for t in np.unique(scores)]
+    return "yes" if np.any(np.diff(counts) < 0) else "no"
+
+
+@answer("10.4")
+def normal_images_for(alpha: float) -> int:
+    """The fewest calibration images whose conformal threshold can promise a false-alarm rate ``alpha``."""
+    return calibration.normal_images_needed(alpha)
+
+
+
+# --- notebook 11: MuSc ----------------------------------------------------------------
 
 
 @answer("11.1")
@@ -96,103 +324,7 @@ def min_max_normalised(maxima) -> np.ndarray:
     return (maxima - maxima.min()) / np.ptp(maxima)
 
 
-@answer("10.4")
-def normal_images_for(alpha: float) -> int:
-    """The fewest calibration images whose conformal threshold can promise a false-alarm rate ``alpha``."""
-    return calibration.normal_images_needed(alpha)
-
-
-# --- facts of the papers -------------------------------------------------------------------------
-
-
-@answer("01.1")
-def best_pixel_baseline(methods: Mapping[str, str]) -> str:
-    """The baseline with the highest pixel AUROC on MVTec AD in the AnomalyCLIP paper (Table 1)."""
-    return best(paper_values(methods, "mvtec", "pixel_auroc"))
-
-
-@answer("03.1")
-def costliest_removal() -> str:
-    """The module whose removal costs more MVTec AD image AUROC in the paper's ablation (App. D)."""
-    removed = {"w/o T2": "ablation:no_object_agnostic", "w/o T3": "ablation:no_deep_text_tokens"}
-    return worst({name: references.lookup("anomalyclip", "mvtec", "image_auroc", setting).value
-                  for name, setting in removed.items()})
-
-
-@answer("06.1")
-def lowest_pixel_auroc_on_visa(methods: Mapping[str, str]) -> str:
-    """The method with the lowest VisA pixel AUROC in the AnomalyCLIP paper (Table 1)."""
-    return worst(paper_values(methods, "visa", "pixel_auroc"))
-
-
-# --- measurements of this run -------------------------------------------------------------------
-
-
-@answer("02.1")
-def most_diagonal(diagonal: Mapping[str, Mapping[str, float]]) -> str:
-    """The attention mode with the largest diagonal share in this run's last block."""
-    return best({label: row["diagonal share"] for label, row in diagonal.items()})
-
-
-@answer("04.1")
-def lowest_image_auroc(results: Mapping[str, Mapping[str, float]], meaningful: bool) -> str | None:
-    """The loss setting with the lowest image AUROC in a meaningful run; ``None`` (ungraded) in smoke."""
-    return worst({label: row["image_auroc"] for label, row in results.items()}) if meaningful else None
-
-
-@answer("04.3")
-def local_loss_gain(results: Mapping[str, Mapping[str, float]]) -> float:
-    """Pixel-AUROC points the local loss adds to the global one in this run (``both - global only``)."""
-    return 100 * (results["both (AnomalyCLIP)"]["pixel_auroc"] - results["global only"]["pixel_auroc"])
-
-
-@answer("07.1")
-def finetuned_vs_zero_shot(results: Mapping[str, Mapping[str, float]], meaningful: bool) -> str | None:
-    """Is the fine-tuned row's pixel AUROC above or below the MVTec-trained zero-shot row's (meaningful runs)."""
-    if not meaningful:
-        return None
-    fine, zero = results["fine-tuned (trainval)"]["pixel_auroc"], results["zero-shot, MVTec"]["pixel_auroc"]
-    return "above" if fine > zero else "below"
-
-
-@answer("08.1")
-def best_separating_part(model, queries, support, parts: Mapping[str, str], shots: int, seed: int, prompt_dir,
-                         dataset_name: str) -> str:
-    """The part of InCTRL's score with the highest image AUROC over this run's queries."""
-    outputs, labels = fewshot_outputs(model, queries, support, list(parts.values()), shots, seed, prompt_dir,
-                                      dataset_name)
-    return best({part: metrics.image_auroc(outputs[field], labels) for part, field in parts.items()})
-
-
-@answer("09.1")
-def map_maximum_without_dpam(model, image, class_name: str) -> str:
-    """"up" or "down": the anomaly map's maximum of one image ``[3, S, S]`` when AnomalyCLIP's DPAM is switched
-    from V-V to none at inference (this run's model)."""
-    x = image[None].to(next(model.parameters()).device)  # [1, 3, S, S]
-    with_vv = float(model.predict(x, [class_name])[1].max())
-    without = float(model.variant(dpam_mode=None).predict(x, [class_name])[1].max())
-    return "up" if without > with_vv else "down"
-
-
-@answer("10.1")
-def false_alarms_at(scores, labels, normal_scores, quantile: float, stricter: float) -> str:
-    """"down", "unchanged" or "up": the false alarms (normal images with score >= threshold) when the
-    threshold moves from the ``quantile`` to the ``stricter`` quantile of the held-out normal scores."""
-    normal = np.asarray(scores)[np.asarray(labels) == 0]
-    before, after = (int((normal >= np.quantile(normal_scores, q)).sum()) for q in (quantile, stricter))
-    return "down" if after < before else "up" if after > before else "unchanged"
-
-
 @answer("11.4")
 def rscin_auroc_change(before, after, labels) -> float:
     """Image AUROC after RsCIN minus before, as a fraction (this run's class)."""
     return metrics.image_auroc(after, labels) - metrics.image_auroc(before, labels)
-
-
-# --- answers added for notebooks 00-03 go above this line ---
-
-
-# --- answers added for notebooks 04-07 go above this line ---
-
-
-# --- answers added for notebooks 08-11 go above this line ---

@@ -125,6 +125,27 @@ def decision_rates(threshold: float, scores, labels) -> dict[str, float]:
     return {"false-alarm rate": rate(flagged[~labels]), "miss rate": rate(~flagged[labels])}
 
 
+def confusion(threshold: float, scores, labels) -> np.ndarray:
+    """The confusion matrix ``[[TN, FP], [FN, TP]]`` of the rule "anomalous when score >= threshold"
+    (note: ``>=``, the rule of a threshold read off the scores, e.g. F1-max's; :func:`decision_rates`
+    is the strict rule of the conformal guarantee) on labelled ``scores`` ``[N]`` (1 = anomalous)."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    flagged = scores >= threshold
+    return np.array([[int((~flagged & ~labels).sum()), int((flagged & ~labels).sum())],
+                     [int((~flagged & labels).sum()), int((flagged & labels).sum())]])
+
+
+def decision_costs(threshold: float, scores, labels, cost_missed: float = 10.0,
+                   cost_false_alarm: float = 1.0) -> dict[str, float]:
+    """The counts of :func:`confusion` at ``threshold``, the recall and the false-alarm rate (in %), and
+    the cost ``cost_missed * FN + cost_false_alarm * FP``."""
+    (tn, fp), (fn, tp) = confusion(threshold, scores, labels)
+    return {"threshold": float(threshold), "true negatives": int(tn), "false alarms (FP)": int(fp),
+            "missed defects (FN)": int(fn), "true positives": int(tp),
+            "recall %": 100 * tp / max(tp + fn, 1), "false-alarm rate %": 100 * fp / max(fp + tn, 1),
+            "cost": cost_missed * fn + cost_false_alarm * fp}
+
+
 def coverage(normal_scores, anomalous_scores, n: int, alphas: Sequence[float], repeats: int = 2000,
              seed: int = 0) -> dict[str, np.ndarray]:
     """The calibration experiment: over ``repeats`` random splits of ``normal_scores`` into ``n`` calibration

@@ -349,8 +349,9 @@ def check(name: str, answer, expected, tolerance: float = 0.0) -> CheckResult:
         print(f"{name}: not answered yet")
         return CheckResult(False)
     if expected is None:
-        print(f"{name}: answer recorded ({answer!r}); this run cannot grade it - its numbers are not meaningful "
-              f"(smoke profile). Compare with a full-profile run or your instructor's reference run.")
+        print(f"{name}: answer recorded ({answer!r}), not graded - this run has nothing meaningful to grade it "
+              f"against (a smoke run's numbers are noise, or the exercise's measurement is not made yet). Compare "
+              f"with a full-profile run or your instructor's reference run.")
         return CheckResult(False)
     ok = matches(answer, expected, tolerance)
     print(f"{name}: {'correct' if ok else f'not yet (your answer: {answer!r}) - try again'}")
