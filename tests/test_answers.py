@@ -129,3 +129,9 @@ def test_the_second_graded_parts_have_their_known_answers(synthetic_industrial_r
     scores, labels = np.array([0.1, 0.4, 0.35, 0.8, 0.9]), np.array([0, 0, 1, 1, 0])
     assert expected("10.1.1", scores=scores, labels=labels) == "no"  # a higher threshold never adds false alarms
     assert expected("10.1.2", scores=scores, labels=labels) == "no"  # ... and never removes a miss
+
+
+def test_a_label_is_graded_by_its_words_not_its_format_and_a_set_lists_every_accepted_answer():
+    assert check("q", "Q-K", "Q-K (CLIP)") and check("q", "v-v (anomalyclip)", "V-V (AnomalyCLIP)")
+    assert check("q", "1 - 10 %", "1-10%") and not check("q", "1-10", "1-10%")
+    assert check("q", "T2", frozenset({"w/o T2", "T2"})) and not check("q", "T3", frozenset({"w/o T2", "T2"}))

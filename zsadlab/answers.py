@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 import numpy as np
+import torch
 
 from . import calibration, metrics, references
 from .data import AnomalyDataset
@@ -159,17 +160,18 @@ def shallow_trainable_parameters(model) -> int:
 @answer("05.2")
 def epoch_of_largest_gain(curve: Mapping[int, float]) -> int | None:
     """The epoch n whose checkpoint adds the most pixel AUROC over epoch n - 1 (``{epoch: value}``, epoch 0 =
-    the initial prompts); ``None`` with fewer than two points."""
+    the initial prompts); ``None`` (not graded) with fewer than two trained epochs: one candidate is no question."""
     epochs = sorted(curve)
-    if len(epochs) < 2:
+    if len(epochs) < 3:
         return None
     return max(epochs[1:], key=lambda n: curve[n] - curve[epochs[epochs.index(n) - 1]])
 
 
 @answer("05.3")
-def amp_speedup(speeds: Mapping[str, float]) -> float | None:
-    """AMP's training speed-up in this run: steps/s with ``amp=True`` over steps/s in fp32."""
-    if not all(k in speeds for k in ("fp32", "amp")):
+def amp_speedup(speeds: Mapping[str, float], device) -> float | None:
+    """AMP's training speed-up in this run: steps/s with ``amp=True`` over steps/s in fp32; ``None`` (not graded)
+    off CUDA, where ``amp=True`` changes nothing and the ratio is timing noise."""
+    if torch.device(device).type != "cuda" or not all(k in speeds for k in ("fp32", "amp")):
         return None
     return speeds["amp"] / speeds["fp32"]
 
@@ -186,19 +188,22 @@ def lowest_pixel_auroc_on_visa(methods: Mapping[str, str]) -> str:
 
 @answer("06.2")
 def f1_follows_image_auroc(f1: Mapping[str, float], tables, name: str, cls: str) -> str | None:
-    """"yes" when ranking the methods by image F1-max on ``name/cls`` gives the same order as their image AUROC
-    on that class in this run's tables, else "no"; ``None`` before the F1-max values exist."""
+    """"yes" when ranking the methods by image F1-max on ``name/cls`` agrees with ranking them by that class's
+    image AUROC in this run's tables - no pair of methods ordered one way by one metric and the other way by the
+    other (a tie agrees with either order) - else "no"; ``None`` before the F1-max values exist."""
     if not f1:
         return None
     auroc = {method: next(r for r in tables[name, method].rows if r["class"] == cls)["image_auroc"] for method in f1}
-    return "yes" if sorted(f1, key=f1.get, reverse=True) == sorted(f1, key=auroc.get, reverse=True) else "no"
+    swapped = any(f1[a] > f1[b] and auroc[a] < auroc[b] for a in f1 for b in f1)
+    return "no" if swapped else "yes"
 
 
 @answer("06.3")
 def largest_aupro_gap(table) -> str | None:
-    """The class of ``table`` (one method on one target) with the largest gap between the two AUPROs."""
+    """The class of ``table`` (one method on one target) with the largest gap between the two AUPROs; ``None``
+    (not graded) with fewer than two classes: one candidate is no question."""
     rows = [r for r in table.rows if np.isfinite(r["aupro_mvtec"]) and np.isfinite(r["aupro_anomalyclip"])]
-    return max(rows, key=lambda r: abs(r["aupro_mvtec"] - r["aupro_anomalyclip"]))["class"] if rows else None
+    return max(rows, key=lambda r: abs(r["aupro_mvtec"] - r["aupro_anomalyclip"]))["class"] if len(rows) > 1 else None
 
 
 
@@ -222,8 +227,9 @@ def finetuning_gain(results: Mapping[str, Mapping[str, float]]) -> float:
 
 @answer("07.3")
 def test_selection_optimism(curve: Mapping[int, float]) -> float | None:
-    """Points of test pixel AUROC an epoch picked on the test images adds over the recipe's last epoch."""
-    if not curve:
+    """Points of test pixel AUROC an epoch picked on the test images adds over the recipe's last epoch; ``None``
+    (not graded) with a single epoch, where the two are the same checkpoint."""
+    if len(curve) < 2:
         return None
     return 100 * (max(curve.values()) - curve[max(curve)])
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 import os
+import re
 
 import numpy as np
 import torch
@@ -321,6 +322,12 @@ def start(profile: str = "auto", device: str = "auto", data_root: str = "auto", 
     return session
 
 
+def bare_label(text: str, note: bool = True) -> str:
+    """``text`` in lower case without blanks (and, with ``note=False``, without a parenthesised note), so
+    that labels compare by their words: ``"1 - 10 %"`` is ``"1-10%"``, ``"V-V (AnomalyCLIP)"`` is ``"v-v"``."""
+    return "".join((text if note else re.sub(r"\([^)]*\)", "", text)).casefold().split())
+
+
 class CheckResult:
     """Whether an exercise's answer matched: true or false like a bool, and displays nothing when it
     ends a notebook cell (the line :func:`check` printed says it)."""
@@ -359,11 +366,14 @@ def check(name: str, answer, expected, tolerance: float = 0.0) -> CheckResult:
 
 
 def matches(answer, expected, tolerance: float = 0.0) -> bool:
-    """Whether ``answer`` is ``expected``: labels regardless of case and blanks, numbers within ``tolerance``,
-    arrays (numpy or torch) of the same shape element-wise within it, anything else by equality; an answer
-    of the wrong kind is no match."""
-    if isinstance(expected, str):  # a label: case, surrounding blanks and inner runs of blanks do not matter
-        return isinstance(answer, str) and " ".join(answer.casefold().split()) == " ".join(expected.casefold().split())
+    """Whether ``answer`` is ``expected``: a label regardless of case, blanks and a parenthesised note
+    (``"q-k"`` is ``"Q-K (CLIP)"``), numbers within ``tolerance``, arrays (numpy or torch) of the same shape
+    element-wise within it, any member of a set of accepted answers, anything else by equality; an answer of
+    the wrong kind is no match."""
+    if isinstance(expected, (set, frozenset)):
+        return any(matches(answer, accepted, tolerance) for accepted in expected)
+    if isinstance(expected, str):
+        return isinstance(answer, str) and bare_label(answer) in {bare_label(expected), bare_label(expected, note=False)}
     if isinstance(expected, (int, float)) and not isinstance(expected, bool):
         try:
             return abs(float(answer) - float(expected)) <= tolerance

@@ -331,26 +331,26 @@ def plot_attention_rows(image, attentions: Mapping[str, "torch.Tensor | np.ndarr
 # ----------------------------------------------------------------------------- curves
 def plot_roc_curves(curves: Mapping[str, tuple], title: str = "ROC curves") -> plt.Figure:
     """``{"name": (fpr, tpr)}`` or ``{"name": (fpr, tpr, auroc)}`` -> ROC plot with the chance line."""
-    fig, ax = plt.subplots(figsize=(4.8, 4.2), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(5.2, 5.0), layout="constrained")
     for name, curve in curves.items():
         label = f"{name} (AUROC {curve[2]:.2f})" if len(curve) > 2 else name
         ax.plot(to_numpy(curve[0]), to_numpy(curve[1]), label=label)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="chance")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.02))
-    ax.legend(fontsize=8, loc="lower right")
+    fig.legend(fontsize=8, loc="outside lower center")  # below the axes: never over a curve
     return fig
 
 
 def plot_pro_curves(curves: Mapping[str, tuple], fpr_limit: float = 0.3, title: str = "PRO curves") -> plt.Figure:
     """``{"name": (fpr, pro)}`` or ``(fpr, pro, aupro)`` -> per-region overlap vs FPR up to ``fpr_limit``."""
-    fig, ax = plt.subplots(figsize=(4.8, 4.2), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(5.2, 5.0), layout="constrained")
     for name, curve in curves.items():
         label = f"{name} (AUPRO {curve[2]:.2f})" if len(curve) > 2 else name
         ax.plot(to_numpy(curve[0]), to_numpy(curve[1]), label=label)
     ax.axvline(fpr_limit, ls=":", c="grey", lw=1)
     ax.set(xlabel="false positive rate (normal pixels)", ylabel="per-region overlap (PRO)", title=title,
            xlim=(0, fpr_limit * 1.05), ylim=(0, 1.02))
-    ax.legend(fontsize=8, loc="lower right")
+    fig.legend(fontsize=8, loc="outside lower center")  # below the axes: never over a curve
     return fig
 
 
