@@ -265,7 +265,7 @@ def plot_map_grid(images: Sequence, maps: Mapping[str, Sequence], masks: Sequenc
             _image_axes(axes[i, j], None, ylabel=name if j == 0 else "")
     if im is not None:
         fig.colorbar(im, ax=list(axes[1:].ravel()), fraction=0.02,
-                     label=f"{cbar_label} (one scale: {lo:.2g} to {hi:.2g})")
+                     label=f"{cbar_label}\n(one scale: {lo:.2g} to {hi:.2g})")
     fig.suptitle(title)
     return fig
 
@@ -357,17 +357,19 @@ def plot_pro_curves(curves: Mapping[str, tuple], fpr_limit: float = 0.3, title: 
 def plot_bars(results: Mapping[str, Mapping[str, float]], title: str = "Ablation", ylabel: str = "score",
               xlabel: str = "metric", ylim: tuple[float, float] | None = (0.0, 1.0),
               reference: Mapping[str, Mapping[str, float]] | None = None, fmt: str = "%.2f",
-              hlines: Mapping[str, float] | None = None) -> plt.Figure:
+              hlines: Mapping[str, float] | None = None, smoke: bool = False) -> plt.Figure:
     """Grouped bar chart: ``{"setting": {"metric": value}}``; bars labelled with ``fmt``.
     ``reference`` (same shape) is drawn as hatched, labelled bars (numbers not produced here);
-    ``hlines`` (``{"name": value}``) as dashed horizontal lines, e.g. the chance level of an AUROC."""
+    ``hlines`` (``{"name": value}``) as dashed horizontal lines, e.g. the chance level of an AUROC;
+    ``smoke=True`` draws the measured bars faded and cross-hatched, like :func:`plot_comparison`'s smoke
+    series, and says in the title that they are a pipeline check."""
     import pandas as pd
 
     rows = [dict(setting=s, metric=m, value=v, kind="measured") for s, d in results.items() for m, v in d.items()]
     rows += [dict(setting=f"{s} (reference)", metric=m, value=v, kind="reference")
              for s, d in (reference or {}).items() for m, v in d.items()]
     frame = pd.DataFrame(rows)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * frame["metric"].nunique() * (1 + 0.35 * frame["setting"].nunique())), 4.0),
+    fig, ax = plt.subplots(figsize=(max(6.5 if smoke else 5.0, 1.2 * frame["metric"].nunique() * (1 + 0.35 * frame["setting"].nunique())), 4.0),
                            constrained_layout=True)
     sns.barplot(data=frame, x="metric", y="value", hue="setting", ax=ax)
     for container, setting in zip(ax.containers, frame["setting"].unique()):
@@ -376,12 +378,22 @@ def plot_bars(results: Mapping[str, Mapping[str, float]], title: str = "Ablation
             for bar in container:
                 bar.set_hatch("//")
                 bar.set_alpha(0.6)
-    ax.set(title=_noted(title), ylabel=ylabel, xlabel=xlabel)
+        elif smoke:
+            for bar in container:
+                bar.set(alpha=_BAR_STYLE["smoke"]["alpha"], hatch=_BAR_STYLE["smoke"]["hatch"],
+                        edgecolor=_BAR_STYLE["smoke"]["edgecolor"])
+    heading = _noted(title) + (f"\nSMOKE: faded bars are a {SMOKE_SERIES}, not a result" if smoke else "")
+    ax.set(title=heading, ylabel=ylabel, xlabel=xlabel)
     if ylim:
         ax.set_ylim(*ylim)
     for name, value in (hlines or {}).items():
         ax.axhline(value, ls="--", c="grey", lw=1, label=name)
-    ax.legend(fontsize=8, title="setting", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    legend = ax.legend(fontsize=8, title="setting", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if smoke:  # the legend's swatches of the measured settings look like their bars
+        for handle, text in zip(legend.legend_handles, legend.get_texts()):
+            if isinstance(handle, plt.Rectangle) and not text.get_text().endswith("(reference)"):
+                handle.set(alpha=_BAR_STYLE["smoke"]["alpha"], hatch=_BAR_STYLE["smoke"]["hatch"],
+                           edgecolor=_BAR_STYLE["smoke"]["edgecolor"])
     return fig
 
 
@@ -428,7 +440,8 @@ def plot_comparison(this_run: Mapping[str, Mapping[str, float]],
             drawn = ax.bar([x], [0.0 if height is None else height], width, color=colours[setting], **_BAR_STYLE[kind])
             ax.bar_label(drawn, labels=["" if height is None else fmt % height], fontsize=7, padding=1)
             if kind == "paper" and height is None:
-                ax.text(x, ylim[0] if ylim else 0.0, NOT_REPORTED, rotation=90, ha="center", va="bottom", fontsize=7)
+                ax.text(x, ylim[0] if ylim else 0.0, NOT_REPORTED, rotation=90, ha="center", va="bottom", fontsize=9,
+                        fontweight="bold", color="0.3")
                 flagged = True
     ax.set_xticks(np.arange(len(metrics)), [METRIC_NAMES.get(m, m) for m in metrics])
     heading = _noted(title) + (f"\nSMOKE: faded bars are a {SMOKE_SERIES}, not a result" if smoke else "")
