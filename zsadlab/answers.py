@@ -97,6 +97,22 @@ def clip_image_vs_pixel() -> str:
     return "higher" if image > pixel else "lower"
 
 
+@answer("01.2")
+def mean_attention_distance(visual, x, block: int) -> float:
+    """Exercise 2's measurement: the attention-weighted distance (in patches, between patch centres) from each patch
+    to the patches it attends to in ``block`` (Q-K attention averaged over heads; CLS left out, each row
+    renormalised over the patches), averaged over the patches of image ``x`` ``[1, 3, S, S]``."""
+    from .backbone import grid_size
+    from .dpam import attention_maps
+
+    with torch.no_grad():
+        a = attention_maps(visual, x, block, mode=None)[0, 1:, 1:].detach().cpu().double()  # [P, P]
+    grid = grid_size(visual, x.shape[-1])
+    yx = torch.stack(torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij"), -1).reshape(-1, 2).double()
+    p = a / a.sum(dim=-1, keepdim=True)
+    return float((p * torch.cdist(yx, yx)).sum(dim=-1).mean())
+
+
 
 # --- notebook 02: DPAM ----------------------------------------------------------------
 
@@ -112,11 +128,27 @@ def least_diagonal(diagonal: Mapping[str, Mapping[str, float]]) -> str:
 
 
 @answer("03.1")
-def costliest_removal() -> str:
-    """The module whose removal costs more MVTec AD image AUROC in the paper's ablation (App. D)."""
+def costliest_removal() -> frozenset[str]:
+    """The module whose removal costs more MVTec AD image AUROC in the paper's ablation (App. D), by its
+    ablation label (``"w/o T2"``) or the module's name (``"T2"``)."""
     removed = {"w/o T2": "ablation:no_object_agnostic", "w/o T3": "ablation:no_deep_text_tokens"}
-    return worst({name: references.lookup("anomalyclip", "mvtec", "image_auroc", setting).value
-                  for name, setting in removed.items()})
+    label = worst({name: references.lookup("anomalyclip", "mvtec", "image_auroc", setting).value
+                   for name, setting in removed.items()})
+    return frozenset({label, label.removeprefix("w/o ")})
+
+
+@answer("03.3")
+def trainable_prompt_parameters(learner) -> int:
+    """How many parameters of the prompt learner are trainable (``requires_grad``)."""
+    return sum(p.numel() for p in learner.parameters() if p.requires_grad)
+
+
+@answer("03.3.2")
+def used_prompt_parameters(learner) -> int:
+    """How many trainable parameters the forward pass uses: all but the official ``compound_prompt_projections``,
+    which are built but never called (they receive no gradient)."""
+    return sum(p.numel() for name, p in learner.named_parameters()
+               if p.requires_grad and not name.startswith("compound_prompt_projections"))
 
 
 
@@ -253,21 +285,70 @@ def best_separating_part(model, queries, support, parts: Mapping[str, str], shot
     return best({part: metrics.image_auroc(outputs[field], labels) for part, field in parts.items()})
 
 
+@answer("08.1.1")
+def part_aurocs(model, queries, support, parts: Mapping[str, str], shots: int, seed: int, prompt_dir,
+                dataset_name: str) -> np.ndarray:
+    """Each part's image AUROC in % over this run's queries, in the order of ``parts``."""
+    outputs, labels = fewshot_outputs(model, queries, support, list(parts.values()), shots, seed, prompt_dir,
+                                      dataset_name)
+    return np.array([100 * metrics.image_auroc(outputs[field], labels) for field in parts.values()])
+
+
+@answer("08.2")
+def band_widths(per_k: Mapping[str, Mapping[int, list]]) -> np.ndarray:
+    """The min-max band width over prompt seeds in points, ``[method, k]`` in the order of ``per_k``."""
+    return np.array([[100 * (max(v) - min(v)) for v in by_k.values()] for by_k in per_k.values()])
+
+
+@answer("08.3")
+def wrong_prompt_direction(model, queries, class_name: str, prompts, other, other_support, shots: int, seed: int,
+                           prompt_dir, other_name: str, n_queries: int = 8) -> str:
+    """"up", "down" or "unchanged": the mean InCTRL score of the first ``n_queries`` normal queries of
+    ``queries`` when the prompts of ``class_name`` are replaced by ``shots`` normal images of ``other``'s first
+    class (this run's model)."""
+    from .engine import fewshot_prompts
+    from .inctrl import InCTRLFewShot
+
+    wrong, _ = fewshot_prompts(other_support or other, other.classes[0], shots, seed, prompt_dir, other_name)
+    normal = [queries[i]["image"] for i in range(len(queries)) if queries.labels[i] == 0][:n_queries]
+    x = torch.stack(normal).to(next(model.parameters()).device)  # [n, 3, S, S]
+    right_mean, wrong_mean = (float(InCTRLFewShot(model, {class_name: p}).predict(x, [class_name] * len(x))[0].mean())
+                              for p in (prompts, wrong))
+    return "up" if wrong_mean > right_mean else "down" if wrong_mean < right_mean else "unchanged"
+
+
 
 # --- notebook 09: playground ----------------------------------------------------------
 
 
 @answer("09.1")
-def map_maximum_without_dpam(model, image, class_name: str, meaningful: bool = True) -> str | None:
+def map_maximum_without_dpam(model, image, class_name: str) -> str:
     """"up" or "down": the anomaly map's maximum of one image ``[3, S, S]`` when AnomalyCLIP's DPAM is switched
-    from V-V to none at inference (this run's model). ``meaningful=False`` (a prediction about the method,
-    checked in a smoke run): ``None``, not graded; the measurement itself is always graded (the default)."""
-    if not meaningful:
-        return None
+    from V-V to none at inference (this run's model): a measurement of one image, graded against the run."""
     x = image[None].to(next(model.parameters()).device)  # [1, 3, S, S]
     with_vv = float(model.predict(x, [class_name])[1].max())
     without = float(model.variant(dpam_mode=None).predict(x, [class_name])[1].max())
     return "up" if without > with_vv else "down"
+
+
+@answer("09.2")
+def gap_larger_at_most_shots(model, test_set, defective: int, normal: int, support, prompt_dir,
+                             dataset_name: str, shots=(1, 8)) -> str:
+    """"yes" or "no": whether InCTRL's score gap (defective minus normal test image, each scored against the
+    normal sample prompts of its own class, prompt seed 0) is larger at the last of ``shots`` than at the first."""
+    from .engine import fewshot_prompts
+    from .methods import get_method
+
+    spec, device = get_method("inctrl"), next(model.parameters()).device
+
+    def score(index: int, k: int) -> float:
+        item = test_set[index]
+        prompts, _ = fewshot_prompts(support, item["class_name"], k, 0, prompt_dir, dataset_name)
+        predictor = spec.with_prompts(model, {item["class_name"]: prompts})
+        return float(predictor.predict(item["image"][None].to(device), [item["class_name"]])[0][0])
+
+    first, last = (score(defective, k) - score(normal, k) for k in (shots[0], shots[-1]))
+    return "yes" if last > first else "no"
 
 
 
@@ -298,6 +379,30 @@ def misses_can_fall(scores, labels) -> str:
     number of missed defects, over every threshold between this run's scores (it cannot)."""
     counts = [calibration.confusion(t, scores, labels)[1, 0] for t in np.unique(scores)]
     return "yes" if np.any(np.diff(counts) < 0) else "no"
+
+
+@answer("10.2")
+def cost_optimal_thresholds(scores, labels, cost_missed: float, cost_false_alarm: float) -> np.ndarray:
+    """The cheapest threshold among this run's unique scores (the lowest one where costs tie) with
+    ``cost_missed`` and with ``cost_missed = 1``: ``[t(cost_missed), t(1)]``."""
+    def cheapest(missed: float) -> float:
+        rows = (calibration.decision_costs(float(t), scores, labels, missed, cost_false_alarm) for t in np.unique(scores))
+        return float(min(rows, key=lambda row: row["cost"])["threshold"])
+    return np.array([cheapest(cost_missed), cheapest(1.0)])
+
+
+@answer("10.3")
+def hardest_visa_class() -> str:
+    """The VisA class with the lowest image AUROC in the official AnomalyCLIP log (``zsadlab.references``)."""
+    rows = [r for r in references.find("anomalyclip", "visa", "image_auroc") if r.setting.startswith("official_log:")]
+    return min(rows, key=lambda r: r.value).setting.split(":", 1)[1]
+
+
+@answer("10.3.1")
+def hardest_class(table) -> str:
+    """The class with the lowest image AUROC in this run's per-class table (classes without one left out)."""
+    rows = [row for row in table.rows if row["image_auroc"] == row["image_auroc"]]
+    return min(rows, key=lambda row: row["image_auroc"])["class"]
 
 
 @answer("10.4")

@@ -199,3 +199,12 @@ def test_loss_curves_tick_whole_steps_and_bars_draw_a_chance_line():
     assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())
     fig = viz.plot_bars({"N = 5": {"image AUROC": 39.0}}, ylim=(0, 100), hlines={"chance (50 %)": 50.0})
     assert "chance (50 %)" in _legend_texts(fig)
+
+
+def test_smoke_bars_are_faded_and_titled_as_a_pipeline_check():
+    fig = viz.plot_bars({"image AUROC": {"N = 5": 39.0, "N = 10": 61.0}}, ylim=(0, 100), smoke=True)
+    assert "SMOKE" in fig.axes[0].get_title() and viz.SMOKE_SERIES in fig.axes[0].get_title()
+    assert all(bar.get_alpha() < 0.5 and bar.get_hatch() for bar in fig.axes[0].patches if bar.get_height() > 0)
+    assert fig.axes[0].get_legend().legend_handles[0].get_alpha() < 0.5  # the swatch looks like its bars
+    fig = viz.plot_bars({"image AUROC": {"N = 5": 39.0}}, ylim=(0, 100))
+    assert "SMOKE" not in fig.axes[0].get_title()
