@@ -497,13 +497,16 @@ def plot_loss_curves(histories: Mapping[str, Sequence[float]], title: str = "Tra
 
 def plot_k_shot(results: Mapping[str, Mapping[int, Sequence[float]]], title: str = "Few-shot curves",
                 ylabel: str = "image AUROC (%)", reference: Mapping[str, Mapping[int, float]] | None = None,
-                hlines: Mapping[str, float] | None = None, percent: bool = True, smoke: bool = False) -> plt.Figure:
+                hlines: Mapping[str, float] | None = None, percent: bool = True, smoke: bool = False,
+                published_hlines: Mapping[str, float] | None = None) -> plt.Figure:
     """``{"method": {k: [value per seed]}}`` -> mean line with a shaded min-max band over the seeds
     (one legend entry for both); optional reference curves - published values, already in % -
-    (``{"name": {k: value}}``, drawn in the colour of the method whose name they start with) and
-    horizontal lines (``{"name": value}``). Measured values in [0, 1] are drawn in % when
-    ``percent``. With ``smoke=True`` the measured curves are dotted, faded and named a pipeline
-    check, and the published curves are the primary, solid ones. The legend sits below the axes."""
+    (``{"name": {k: value}}``, drawn in the colour of the method whose name they start with; a measured
+    method without one is named "n.r." in the legend), horizontal lines measured here (``hlines``,
+    ``{"name": value}``) and published ones (``published_hlines``, in %, solid black). Measured values in
+    [0, 1] are drawn in % when ``percent``. With ``smoke=True`` the measured curves are dotted, faded and
+    named a pipeline check, and the published curves are the primary, solid ones. The legend sits below
+    the axes."""
     scale = 100.0 if percent else 1.0
     palette = dict(zip(results, sns.color_palette("colorblind", 10) * 3))
     colour_of = lambda name: next((c for method, c in palette.items() if name.startswith(method)), None)  # noqa: E731
@@ -524,6 +527,12 @@ def plot_k_shot(results: Mapping[str, Mapping[int, Sequence[float]]], title: str
         handles.append((band, line)), labels.append(f"{name}: mean over {len(vals[0])} prompt seeds, band = min-max over seeds")
     for name, value in (hlines or {}).items():
         handles.append(ax.axhline(scale * value, ls="-.", c="grey")), labels.append(name + (f" - {SMOKE_SERIES}" if smoke else ""))
+    for name, value in (published_hlines or {}).items():
+        handles.append(ax.axhline(value, ls="-", c="black", lw=1.5)), labels.append(f"{name} (published, not produced here)")
+    unsourced = [name for name in results if reference and not any(ref.startswith(name) for ref in reference)]
+    if unsourced:
+        handles.append(plt.Rectangle((0, 0), 0, 0, fill=False, edgecolor="none"))
+        labels.append(f"{', '.join(unsourced)}: {NOT_REPORTED} = no sourced value in zsadlab.references")
     if smoke:
         handles.append(plt.Line2D([], [], ls=":", marker="o", alpha=0.5, color="0.4"))
         labels.append(f"dotted, faded: {SMOKE_SERIES}")

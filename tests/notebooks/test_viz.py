@@ -208,3 +208,11 @@ def test_smoke_bars_are_faded_and_titled_as_a_pipeline_check():
     assert fig.axes[0].get_legend().legend_handles[0].get_alpha() < 0.5  # the swatch looks like its bars
     fig = viz.plot_bars({"image AUROC": {"N = 5": 39.0}}, ylim=(0, 100))
     assert "SMOKE" not in fig.axes[0].get_title()
+
+
+def test_k_shot_names_methods_without_a_published_curve_and_draws_published_lines_as_published():
+    fig = viz.plot_k_shot({"InCTRL": {2: [0.5, 0.6]}, "VAND": {2: [0.4, 0.5]}}, reference={"InCTRL, paper": {2: 85.8}},
+                          published_hlines={"zero-shot AnomalyCLIP, paper": 82.1}, smoke=True)
+    labels = _legend_texts(fig)
+    assert "zero-shot AnomalyCLIP, paper (published, not produced here)" in labels
+    assert any(t.startswith("VAND: n.r.") for t in labels) and not any(t.startswith("InCTRL: n.r.") for t in labels)
