@@ -21,7 +21,7 @@ class Cost:
     source: str  # how the figures were obtained: "measured: <command>" or "estimate: <from what>"
 
 
-# (profile, method) -> Cost, for every method that trains, and WinCLIP (the slowest evaluation).
+# (profile, method) -> Cost, for every method that trains and for the training-free ones (their evaluations).
 _ANOMALYCLIP_FULL = Cost(0.48, 0.48, "estimate: the AnomalyCLIP authors' reported 13.71 min per MVTec AD epoch (1725 "
                                      "images) on one RTX 3090; prediction taken equal")
 _SMOKE = ("measured: `zsadlab course train --workers 2 --device cpu` on the smoke plan (19 runs; run folders' "
