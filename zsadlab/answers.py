@@ -18,8 +18,11 @@ import numpy as np
 import torch
 
 from . import calibration, metrics, references
+from .backbone import grid_size
 from .data import AnomalyDataset
-from .engine.evaluation import fewshot_outputs
+from .dpam import attention_maps
+from .engine.evaluation import fewshot_outputs, fewshot_prompts
+from .methods import get_method
 from .musc import interval_bounds
 
 ANSWERS: dict[str, Callable[..., object]] = {}
@@ -79,7 +82,6 @@ def defect_area_bin(root) -> str:
     return "under 1%" if area < 1 else "1-10%" if area <= 10 else "over 10%"
 
 
-
 # --- notebook 01: CLIP's baseline failure ---------------------------------------------
 
 
@@ -102,16 +104,12 @@ def mean_attention_distance(visual, x, block: int) -> float:
     """Exercise 2's measurement: the attention-weighted distance (in patches, between patch centres) from each patch
     to the patches it attends to in ``block`` (Q-K attention averaged over heads; CLS left out, each row
     renormalised over the patches), averaged over the patches of image ``x`` ``[1, 3, S, S]``."""
-    from .backbone import grid_size
-    from .dpam import attention_maps
-
     with torch.no_grad():
         a = attention_maps(visual, x, block, mode=None)[0, 1:, 1:].detach().cpu().double()  # [P, P]
     grid = grid_size(visual, x.shape[-1])
     yx = torch.stack(torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij"), -1).reshape(-1, 2).double()
     p = a / a.sum(dim=-1, keepdim=True)
     return float((p * torch.cdist(yx, yx)).sum(dim=-1).mean())
-
 
 
 # --- notebook 02: DPAM ----------------------------------------------------------------
@@ -121,7 +119,6 @@ def mean_attention_distance(visual, x, block: int) -> float:
 def least_diagonal(diagonal: Mapping[str, Mapping[str, float]]) -> str:
     """The attention mode with the smallest diagonal share in this run's last block."""
     return worst({label: row["diagonal share"] for label, row in diagonal.items()})
-
 
 
 # --- notebook 03: object-agnostic prompts ---------------------------------------------
@@ -151,7 +148,6 @@ def used_prompt_parameters(learner) -> int:
                if p.requires_grad and not name.startswith("compound_prompt_projections"))
 
 
-
 # --- notebook 04: global and local losses ---------------------------------------------
 
 
@@ -176,7 +172,6 @@ def level_favoured_by_lam(lams: Mapping[str, Mapping[str, float]]) -> str | None
 def local_loss_gain(results: Mapping[str, Mapping[str, float]]) -> float:
     """Pixel-AUROC points the local loss adds to the global one in this run (``both - global only``)."""
     return 100 * (results["both (AnomalyCLIP)"]["pixel_auroc"] - results["global only"]["pixel_auroc"])
-
 
 
 # --- notebook 05: training ------------------------------------------------------------
@@ -208,7 +203,6 @@ def amp_speedup(speeds: Mapping[str, float], device) -> float | None:
     return speeds["amp"] / speeds["fp32"]
 
 
-
 # --- notebook 06: zero-shot evaluation ------------------------------------------------
 
 
@@ -236,7 +230,6 @@ def largest_aupro_gap(table) -> str | None:
     (not graded) with fewer than two classes: one candidate is no question."""
     rows = [r for r in table.rows if np.isfinite(r["aupro_mvtec"]) and np.isfinite(r["aupro_anomalyclip"])]
     return max(rows, key=lambda r: abs(r["aupro_mvtec"] - r["aupro_anomalyclip"]))["class"] if len(rows) > 1 else None
-
 
 
 # --- notebook 07: TN3K ----------------------------------------------------------------
@@ -272,7 +265,6 @@ def paper_aupro_definition() -> str:
     return next(r.metric for r in references.find("anomalyclip", "tn3k") if r.metric.startswith("aupro"))
 
 
-
 # --- notebook 08: InCTRL few-shot -----------------------------------------------------
 
 
@@ -306,16 +298,13 @@ def wrong_prompt_direction(model, queries, class_name: str, prompts, other, othe
     """"up", "down" or "unchanged": the mean InCTRL score of the first ``n_queries`` normal queries of
     ``queries`` when the prompts of ``class_name`` are replaced by ``shots`` normal images of ``other``'s first
     class (this run's model)."""
-    from .engine import fewshot_prompts
-    from .inctrl import InCTRLFewShot
-
     wrong, _ = fewshot_prompts(other_support or other, other.classes[0], shots, seed, prompt_dir, other_name)
     normal = [queries[i]["image"] for i in range(len(queries)) if queries.labels[i] == 0][:n_queries]
     x = torch.stack(normal).to(next(model.parameters()).device)  # [n, 3, S, S]
-    right_mean, wrong_mean = (float(InCTRLFewShot(model, {class_name: p}).predict(x, [class_name] * len(x))[0].mean())
+    spec = get_method("inctrl")
+    right_mean, wrong_mean = (float(spec.with_prompts(model, {class_name: p}).predict(x, [class_name] * len(x))[0].mean())
                               for p in (prompts, wrong))
     return "up" if wrong_mean > right_mean else "down" if wrong_mean < right_mean else "unchanged"
-
 
 
 # --- notebook 09: playground ----------------------------------------------------------
@@ -336,9 +325,6 @@ def gap_larger_at_most_shots(model, test_set, defective: int, normal: int, suppo
                              dataset_name: str, shots=(1, 8)) -> str:
     """"yes" or "no": whether InCTRL's score gap (defective minus normal test image, each scored against the
     normal sample prompts of its own class, prompt seed 0) is larger at the last of ``shots`` than at the first."""
-    from .engine import fewshot_prompts
-    from .methods import get_method
-
     spec, device = get_method("inctrl"), next(model.parameters()).device
 
     def score(index: int, k: int) -> float:
@@ -349,7 +335,6 @@ def gap_larger_at_most_shots(model, test_set, defective: int, normal: int, suppo
 
     first, last = (score(defective, k) - score(normal, k) for k in (shots[0], shots[-1]))
     return "yes" if last > first else "no"
-
 
 
 # --- notebook 10: protocol and decisions ----------------------------------------------
@@ -409,7 +394,6 @@ def hardest_class(table) -> str:
 def normal_images_for(alpha: float) -> int:
     """The fewest calibration images whose conformal threshold can promise a false-alarm rate ``alpha``."""
     return calibration.normal_images_needed(alpha)
-
 
 
 # --- notebook 11: MuSc ----------------------------------------------------------------
