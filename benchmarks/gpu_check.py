@@ -29,7 +29,8 @@ import open_clip
 import torch
 
 from zsadlab import engine
-from zsadlab.profiles import PROFILES, Backbone
+from zsadlab.methods import Setup
+from zsadlab.profiles import PROFILES, Backbone, Profile
 from zsadlab.utils import pick_device, write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,11 +46,18 @@ class RandomBackbone(Backbone):
         return clip.float().eval().to(device or "cpu")
 
 
-def random_full_profile():
+@dataclasses.dataclass(frozen=True)
+class RandomFullProfile(Profile):
+    """The full profile's setups (configs, sizes, recipes) with random-weight backbones."""
+
+    def setup(self, method: str) -> Setup:
+        setup = super().setup(method)
+        return dataclasses.replace(setup, backbone=RandomBackbone(setup.backbone.name, setup.backbone.pretrained))
+
+
+def random_full_profile() -> Profile:
     full = PROFILES["full"]
-    setups = {name: dataclasses.replace(setup, backbone=RandomBackbone(setup.backbone.name, setup.backbone.pretrained))
-              for name, setup in full.setups.items()}
-    return dataclasses.replace(full, name="full-random", setups=setups)
+    return RandomFullProfile(**{field.name: getattr(full, field.name) for field in dataclasses.fields(Profile)})
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:

@@ -33,7 +33,7 @@ def build_model(method: str, profile: Profile, device=None, seed: int | None = N
     parts, as the official scripts' ``setup_seed`` before building the model.
     """
     spec = get_method(method)
-    setup = spec.setup(profile.name)
+    setup = profile.setup(method)
     model = spec.build(setup, pick_device(device), spec.seed if seed is None else seed, **config_changes)
     model.method_name, model.profile_name = method, profile.name
     model.eval_batch_size = setup.eval_batch_size
